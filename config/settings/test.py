@@ -1,0 +1,32 @@
+"""Tests: real Redis (REDIS_URL, set by scripts/test), SQLite or DATABASE_URL."""
+
+from .base import *  # noqa: F403
+from .base import BASE_DIR, DATABASES, env
+
+# GENERAL
+# ------------------------------------------------------------------------------
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="test-secret-key-not-for-production")
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# DATABASES
+# ------------------------------------------------------------------------------
+# A file, not SQLite's in-memory default: the end-to-end tests' daphne and
+# worker processes must open the very database the test writes to.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+
+# CORS AND WEBSOCKET ORIGINS
+# ------------------------------------------------------------------------------
+CORS_ALLOWED_ORIGINS = ["http://localhost:3000"]
+
+# CHANNELS
+# ------------------------------------------------------------------------------
+# Each test run gets its own key space so runs sharing one Redis never meet.
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = env(  # noqa: F405
+    "CHANNELS_PREFIX", default="test"
+)
+
+# PAYMENTS
+# ------------------------------------------------------------------------------
+PAYMENTS_SIMULATED_DELAY = env.float("PAYMENTS_SIMULATED_DELAY", default=0.0)

@@ -1,0 +1,13 @@
+"""The project's exception root: services raise these, the API maps them."""
+
+
+class ApplicationError(Exception):
+    """A request that cannot be carried out; the message is safe to show."""
+
+    code = "application_error"
+    status_code = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field

@@ -1,0 +1,64 @@
+"""Map every API error to one JSON shape.
+
+``{"error": {"code": ..., "message": ..., "fields": {...}}}``; ``fields``
+only for validation errors. The message always names the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from payments.errors import ApplicationError
+
+
+def _flatten(detail: Any) -> list[str]:
+    if isinstance(detail, dict):
+        return [f"{k}: {m}" for k, v in detail.items() for m in _flatten(v)]
+    if isinstance(detail, list):
+        return [m for item in detail for m in _flatten(item)]
+    return [str(detail)]
+
+
+def _fields(detail: Any) -> dict[str, list[str]]:
+    if isinstance(detail, dict):
+        return {str(name): _flatten(value) for name, value in detail.items()}
+    return {"body": _flatten(detail)}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        message = f"{exc.field}: {exc.message}" if exc.field else exc.message
+        return Response(
+            {"error": {"code": exc.code, "message": message}}, status=exc.status_code
+        )
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+
+    assert isinstance(exc, exceptions.APIException)
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _fields(exc.detail)
+        message = "; ".join(f"{name}: {msgs[0]}" for name, msgs in fields.items())
+        error = {"code": "validation_error", "message": message, "fields": fields}
+    else:
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+        message = " ".join(_flatten(exc.detail))
+        if isinstance(exc, exceptions.ParseError):
+            message = f"body: {message}"
+        error = {"code": code, "message": message}
+    response.data = {"error": error}
+    if response.status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:
+        response.status_code = status.HTTP_400_BAD_REQUEST
+    return response

@@ -1,0 +1,81 @@
+"""A gateway that behaves like Stripe's test payment methods, offline."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.utils import timezone
+
+from payments.models import SimulatedCharge
+
+from .base import BaseGateway, GatewayError, GatewayResult, Outcome
+
+if TYPE_CHECKING:
+    from payments.models import Payment
+
+# payment method → (outcome, failure code, failure message), after Stripe's
+# test cards so frontend developers meet names they know.
+OUTCOMES: dict[str, tuple[Outcome, str, str]] = {
+    "pm_card_visa": (Outcome.SUCCEEDED, "", ""),
+    "pm_card_mastercard": (Outcome.SUCCEEDED, "", ""),
+    "pm_card_chargeDeclined": (
+        Outcome.FAILED,
+        "card_declined",
+        "Your card was declined.",
+    ),
+    "pm_card_chargeDeclinedInsufficientFunds": (
+        Outcome.FAILED,
+        "insufficient_funds",
+        "Your card has insufficient funds.",
+    ),
+    "pm_card_chargeDeclinedExpiredCard": (
+        Outcome.FAILED,
+        "expired_card",
+        "Your card has expired.",
+    ),
+}
+
+
+class SimulatedGateway(BaseGateway):
+    """Settle each charge PAYMENTS_SIMULATED_DELAY seconds after it is made.
+
+    The delay is a timestamp, not a sleep: until it passes the charge is
+    PENDING and the caller schedules a later ``retrieve``, so no worker waits.
+    Charges live in SimulatedCharge, keyed by payment id, so a repeated
+    ``charge`` finds the first one instead of charging again.
+    """
+
+    payment_methods = frozenset(OUTCOMES)
+
+    def charge(self, *, payment: Payment) -> GatewayResult:
+        delay = timedelta(seconds=settings.PAYMENTS_SIMULATED_DELAY)
+        record, _ = SimulatedCharge.objects.get_or_create(
+            payment_id=payment.id,
+            defaults={
+                "payment_method": payment.payment_method,
+                "amount": payment.amount,
+                "currency": payment.currency,
+                "settles_at": timezone.now() + delay,
+            },
+        )
+        return self._result(record)
+
+    def retrieve(self, *, payment: Payment) -> GatewayResult:
+        record = SimulatedCharge.objects.filter(payment_id=payment.id).first()
+        if record is None:
+            raise GatewayError(f"no charge was made for payment {payment.id}")
+        return self._result(record)
+
+    def _result(self, record: SimulatedCharge) -> GatewayResult:
+        remaining = (record.settles_at - timezone.now()).total_seconds()
+        if remaining > 0:
+            return GatewayResult(Outcome.PENDING, retry_after=remaining)
+        outcome, code, message = OUTCOMES[record.payment_method]
+        return GatewayResult(
+            outcome,
+            failure_code=code,
+            failure_message=message,
+            data={"charge": str(record.payment_id)},
+        )

@@ -1,0 +1,128 @@
+"""Payments and their append-only history."""
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+def new_client_secret() -> str:
+    """Return an unguessable secret (256 bits, URL-safe) for reading one payment."""
+    return secrets.token_urlsafe(32)
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED}
+)
+
+
+class Payment(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    amount = models.PositiveBigIntegerField(help_text="In minor units: 1000 = 10.00.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(
+        max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING
+    )
+    payment_method = models.CharField(max_length=64)
+    description = models.CharField(max_length=255, blank=True, default="")
+    socket_id = models.CharField(max_length=64, blank=True, default="")
+    client_secret = models.CharField(
+        max_length=64, default=new_client_secret, editable=False
+    )
+    failure_code = models.CharField(max_length=64, blank=True, default="")
+    failure_message = models.CharField(max_length=255, blank=True, default="")
+    version = models.PositiveIntegerField(
+        default=1, help_text="Increments with every status change."
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="payments",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status"], name="payment_status_idx"),
+            models.Index(fields=["created_at"], name="payment_created_at_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(amount__gte=1) & models.Q(amount__lte=99_999_999),
+                name="payment_amount_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.status}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class PaymentEvent(models.Model):
+    """One status transition; rows are only ever added."""
+
+    payment = models.ForeignKey(
+        Payment, on_delete=models.PROTECT, related_name="events"
+    )
+    from_status = models.CharField(
+        max_length=16, choices=PaymentStatus.choices, blank=True
+    )
+    to_status = models.CharField(max_length=16, choices=PaymentStatus.choices)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+class GatewayCall(models.Model):
+    """One request to a payment gateway and what it answered."""
+
+    payment = models.ForeignKey(
+        Payment, on_delete=models.PROTECT, related_name="gateway_calls"
+    )
+    gateway = models.CharField(max_length=255)
+    operation = models.CharField(max_length=32)
+    outcome = models.CharField(max_length=16)
+    response = models.JSONField(default=dict, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.operation} → {self.outcome}"
+
+
+class SimulatedCharge(models.Model):
+    """The simulated gateway's own ledger: one charge per payment, ever."""
+
+    payment_id = models.UUIDField(primary_key=True)
+    payment_method = models.CharField(max_length=64)
+    amount = models.PositiveBigIntegerField()
+    currency = models.CharField(max_length=3)
+    settles_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"simulated charge {self.payment_id}"

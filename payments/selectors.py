@@ -1,0 +1,63 @@
+"""Reads: who may see which payment."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.utils.crypto import constant_time_compare
+
+from payments.models import Payment
+
+
+def _parse_id(payment_id: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(payment_id))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def payment_is_owner(*, payment: Payment, user: Any) -> bool:
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and payment.user_id is not None
+        and payment.user_id == user.pk
+    )
+
+
+def payment_get_visible(
+    *, payment_id: Any, client_secret: str | None = None, user: Any = None
+) -> Payment | None:
+    """Return the payment if the caller may read it, else None.
+
+    Readable with its client_secret (compared in constant time), by its
+    owner, or by staff. "Not found" and "not yours" look the same.
+    """
+    pk = _parse_id(payment_id)
+    if pk is None:
+        return None
+    payment = Payment.objects.filter(pk=pk).first()
+    if payment is None:
+        return None
+    if client_secret and constant_time_compare(client_secret, payment.client_secret):
+        return payment
+    if payment_is_owner(payment=payment, user=user):
+        return payment
+    if user is not None and user.is_authenticated and user.is_staff:
+        return payment
+    return None
+
+
+def payment_public_data(
+    *, payment_id: Any, client_secret: str | None = None, user: Any = None
+) -> dict[str, Any] | None:
+    """Return the payment as a payment-status frame carries it, if visible."""
+    from payments.serializers import PaymentOutputSerializer
+
+    payment = payment_get_visible(
+        payment_id=payment_id, client_secret=client_secret, user=user
+    )
+    if payment is None:
+        return None
+    return dict(PaymentOutputSerializer(payment).data)

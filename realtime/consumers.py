@@ -1,0 +1,163 @@
+"""The payments socket: /ws/payments/ (frames documented in the README)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from payments import selectors
+from realtime import groups
+
+logger = logging.getLogger(__name__)
+
+
+@database_sync_to_async
+def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | None:
+    return selectors.payment_public_data(
+        payment_id=payment_id, client_secret=client_secret, user=user
+    )
+
+
+class PaymentConsumer(AsyncJsonWebsocketConsumer):
+    """Give each connection a socket id and push payment-status frames to it."""
+
+    async def connect(self) -> None:
+        self.socket_id = groups.new_socket_id()
+        self.joined: set[str] = set()
+        self.subscriptions: set[str] = set()
+        # payment id → highest version sent, so a change that reaches this
+        # socket through two groups (or a snapshot and a live frame) goes once.
+        self.sent_versions: dict[str, int] = {}
+        await self._join(groups.socket_group(self.socket_id))
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            await self._join(groups.user_group(user.pk))
+        await self.accept()
+        await self.send_json({"event": "socket-id", "data": self.socket_id})
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "joined", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def _join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.add(group)
+
+    async def _leave(self, group: str) -> None:
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.joined.discard(group)
+
+    # Client frames ----------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
+        if text_data is None:
+            await self.send_error(
+                "binary_not_supported", "frame: send JSON text frames."
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_error("invalid_json", "frame: not valid JSON.")
+            return
+        if not isinstance(content, dict):
+            await self.send_error("invalid_frame", "frame: must be a JSON object.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        action = content.get("action")
+        if action == "ping":
+            await self.send_json({"event": "pong"})
+        elif action == "subscribe":
+            await self.subscribe(content)
+        elif action == "unsubscribe":
+            await self.unsubscribe(content)
+        else:
+            await self.send_error(
+                "unknown_action",
+                "action: must be one of subscribe, unsubscribe, ping.",
+            )
+
+    async def subscribe(self, content: dict[str, Any]) -> None:
+        payment_id = content.get("payment_id")
+        client_secret = content.get("client_secret", "")
+        if not isinstance(payment_id, str) or not payment_id:
+            await self.send_error("invalid_frame", "payment_id: must be a string.")
+            return
+        if not isinstance(client_secret, str):
+            await self.send_error("invalid_frame", "client_secret: must be a string.")
+            return
+        try:
+            payment_id = str(uuid.UUID(payment_id))
+        except ValueError:
+            await self._not_found()
+            return
+        if (
+            payment_id not in self.subscriptions
+            and len(self.subscriptions) >= settings.REALTIME_MAX_SUBSCRIPTIONS
+        ):
+            await self.send_error(
+                "too_many_subscriptions",
+                f"payment_id: at most {settings.REALTIME_MAX_SUBSCRIPTIONS} "
+                "subscriptions per socket; unsubscribe first.",
+            )
+            return
+        # Join before reading: a change committed after the read arrives as a
+        # live frame, one committed before it is in the snapshot, and
+        # _send_status drops whichever copy comes second.
+        group = groups.payment_group(payment_id)
+        await self._join(group)
+        snapshot = await _payment_snapshot(
+            payment_id, client_secret, self.scope.get("user")
+        )
+        if snapshot is None:
+            if payment_id not in self.subscriptions:
+                await self._leave(group)
+            await self._not_found()
+            return
+        self.subscriptions.add(payment_id)
+        await self._send_status(snapshot)
+
+    async def _not_found(self) -> None:
+        await self.send_error(
+            "payment_not_found",
+            "payment_id: no payment with this id is visible to you.",
+        )
+
+    async def unsubscribe(self, content: dict[str, Any]) -> None:
+        payment_id = content.get("payment_id")
+        if not isinstance(payment_id, str) or payment_id not in self.subscriptions:
+            await self.send_error(
+                "not_subscribed", "payment_id: this socket does not follow it."
+            )
+            return
+        self.subscriptions.discard(payment_id)
+        await self._leave(groups.payment_group(payment_id))
+
+    # Channel-layer handlers ---------------------------------------------------
+
+    async def payment_status(self, event: dict[str, Any]) -> None:
+        await self._send_status(event["payment"])
+
+    # Sending --------------------------------------------------------------------
+
+    async def _send_status(self, payment: dict[str, Any]) -> None:
+        payment_id, version = str(payment["id"]), int(payment["version"])
+        if version <= self.sent_versions.get(payment_id, 0):
+            return
+        self.sent_versions[payment_id] = version
+        await self.send_json({"event": "payment-status", "data": payment})
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json(
+            {"event": "error", "data": {"code": code, "message": message}}
+        )

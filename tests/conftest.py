@@ -1,0 +1,47 @@
+"""Shared fixtures. Redis is real: REDIS_URL comes from scripts/test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("REDIS_URL"):
+        raise pytest.UsageError(
+            "REDIS_URL is not set: run the tests with scripts/test, which starts "
+            "an embedded Valkey, or point REDIS_URL at a Redis server."
+        )
+
+
+@pytest.fixture(autouse=True)
+def isolated_channel_layer(settings):
+    """Give each test its own channel-layer key space on the shared Redis."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            **settings.CHANNEL_LAYERS["default"],
+            "CONFIG": {
+                **settings.CHANNEL_LAYERS["default"]["CONFIG"],
+                "prefix": f"test-{uuid.uuid4().hex[:12]}",
+            },
+        }
+    }
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return settings.REDIS_URL
