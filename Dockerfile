@@ -17,4 +17,5 @@ RUN DJANGO_SECRET_KEY=build DJANGO_ALLOWED_HOSTS=localhost REDIS_URL=redis://red
 RUN useradd --create-home app
 USER app
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+# daphne with a graceful stop: SIGTERM closes WebSockets with 1001.
+CMD ["python", "-m", "realtime.server", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]

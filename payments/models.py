@@ -43,6 +43,9 @@ class Payment(models.Model):
     version = models.PositiveIntegerField(
         default=1, help_text="Increments with every status change."
     )
+    # When a payment still short of a terminal state counts as stuck (its job
+    # lost with a killed worker) and recovery enqueues its processing again.
+    recheck_at = models.DateTimeField(null=True, blank=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -58,6 +61,11 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["status"], name="payment_status_idx"),
             models.Index(fields=["created_at"], name="payment_created_at_idx"),
+            models.Index(
+                fields=["recheck_at"],
+                condition=models.Q(status__in=["pending", "processing"]),
+                name="payment_recheck_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -84,11 +92,23 @@ class PaymentEvent(models.Model):
         max_length=16, choices=PaymentStatus.choices, blank=True
     )
     to_status = models.CharField(max_length=16, choices=PaymentStatus.choices)
+    version = models.PositiveIntegerField(help_text="The payment's version after it.")
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The outbox mark: NULL until the change was handed to the channel layer.
+    # Changes left NULL (Redis away, worker killed after commit) are sent
+    # again by services.payment_events_redeliver.
+    notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(notified_at__isnull=True),
+                name="paymentevent_unnotified_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"
@@ -126,3 +146,29 @@ class SimulatedCharge(models.Model):
 
     def __str__(self) -> str:
         return f"simulated charge {self.payment_id}"
+
+
+class IdempotencyKey(models.Model):
+    """A create request's key and the response it got, replayed on retry."""
+
+    # "user:<pk>" for an authenticated caller, "anonymous" otherwise: one
+    # user's key never meets another's.
+    scope = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField(default=dict)
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scope", "key"], name="idempotency_key_unique_per_scope"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key}"

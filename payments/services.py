@@ -13,6 +13,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -43,6 +44,10 @@ class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
 
 
+def _stuck_deadline(after: float = 0.0) -> Any:
+    return timezone.now() + timedelta(seconds=after + settings.PAYMENTS_STUCK_AFTER)
+
+
 def payment_create(
     *,
     amount: int,
@@ -61,9 +66,15 @@ def payment_create(
             description=description,
             socket_id=socket_id,
             user=user if user is not None and user.is_authenticated else None,
+            recheck_at=_stuck_deadline(),
         )
+        # Creation is not pushed (the response carries it): born notified.
         PaymentEvent.objects.create(
-            payment=payment, from_status="", to_status=PaymentStatus.PENDING
+            payment=payment,
+            from_status="",
+            to_status=PaymentStatus.PENDING,
+            version=payment.version,
+            notified_at=payment.created_at,
         )
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
@@ -92,24 +103,29 @@ def _payment_transition(
         if not updated:
             return None
         payment = Payment.objects.get(pk=payment_id)
-        PaymentEvent.objects.create(
+        event = PaymentEvent.objects.create(
             payment=payment,
             from_status=from_status,
             to_status=to_status,
+            version=payment.version,
             detail=detail or {},
         )
-        transaction.on_commit(lambda: _notify(payment), robust=True)
+        transaction.on_commit(lambda: _notify(payment, [event.pk]), robust=True)
     logger.info("payment %s %s → %s", payment_id, from_status, to_status)
     return payment
 
 
-def _notify(payment: Payment) -> None:
-    notify.payment_status_changed(
+def _notify(payment: Payment, event_ids: list[int]) -> bool:
+    """Push the payment's state; mark the events it covers as notified."""
+    sent = notify.payment_status_changed(
         payment_id=payment.id,
         socket_id=payment.socket_id,
         user_id=payment.user_id,
         data=dict(PaymentOutputSerializer(payment).data),
     )
+    if sent:
+        PaymentEvent.objects.filter(pk__in=event_ids).update(notified_at=timezone.now())
+    return sent
 
 
 def payment_start_processing(*, payment_id: uuid.UUID | str) -> Payment | None:
@@ -117,6 +133,7 @@ def payment_start_processing(*, payment_id: uuid.UUID | str) -> Payment | None:
         payment_id=payment_id,
         from_status=PaymentStatus.PENDING,
         to_status=PaymentStatus.PROCESSING,
+        recheck_at=_stuck_deadline(),
     )
 
 
@@ -218,6 +235,58 @@ def _payment_apply_result(payment: Payment, result: GatewayResult) -> None:
     else:
         # Not settled yet: ask again later in a deferred job, so no worker
         # sits waiting for the provider.
-        tasks.refresh_payment.using(
-            run_after=timezone.now() + timedelta(seconds=result.retry_after)
-        ).enqueue(payment_id=str(payment.id))
+        with transaction.atomic():
+            Payment.objects.filter(pk=payment.id).update(
+                recheck_at=_stuck_deadline(result.retry_after)
+            )
+            tasks.refresh_payment.using(
+                run_after=timezone.now() + timedelta(seconds=result.retry_after)
+            ).enqueue(payment_id=str(payment.id))
+
+
+def payment_recover_stuck(*, limit: int = 500) -> int:
+    """Enqueue processing again for payments whose job was lost; return how many.
+
+    A payment is stuck when it is still pending or processing past its
+    ``recheck_at`` (a worker was killed mid-job, say). Running its job again
+    is safe: transitions are conditional and the gateway charge is idempotent
+    on the payment id. Each payment is claimed by a conditional UPDATE, so
+    recovery running in several workers enqueues it once.
+    """
+    now = timezone.now()
+    stuck = Payment.objects.filter(
+        status__in=[PaymentStatus.PENDING, PaymentStatus.PROCESSING],
+        recheck_at__lt=now,
+    ).values_list("pk", "recheck_at")[:limit]
+    recovered = 0
+    for payment_id, recheck_at in stuck:
+        with transaction.atomic():
+            claimed = Payment.objects.filter(
+                pk=payment_id, recheck_at=recheck_at
+            ).update(recheck_at=_stuck_deadline())
+            if claimed:
+                tasks.process_payment.enqueue(payment_id=str(payment_id))
+                recovered += 1
+                logger.warning("payment %s was stuck; processing again", payment_id)
+    return recovered
+
+
+def payment_events_redeliver(*, limit: int = 500) -> int:
+    """Push status changes whose first push failed; return payments pushed.
+
+    Each payment's current state is sent once for all its unsent changes;
+    sockets drop versions they already have.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.PAYMENTS_REDELIVER_AFTER)
+    pending = PaymentEvent.objects.filter(
+        notified_at__isnull=True, created_at__lt=cutoff
+    ).values_list("pk", "payment_id")[:limit]
+    by_payment: dict[uuid.UUID, list[int]] = {}
+    for event_id, payment_id in pending:
+        by_payment.setdefault(payment_id, []).append(event_id)
+    pushed = 0
+    for payment in Payment.objects.filter(pk__in=by_payment):
+        if not _notify(payment, by_payment[payment.pk]):
+            break  # the channel layer is still away; try on the next round
+        pushed += 1
+    return pushed

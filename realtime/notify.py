@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -15,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "payment.status"
 
+#: Pushes made and failed by this process, for logs, tests and benchmarks.
+stats: Counter[str] = Counter()
+
 
 def payment_status_changed(
     *,
@@ -22,11 +26,13 @@ def payment_status_changed(
     socket_id: str,
     user_id: int | None,
     data: dict[str, Any],
-) -> None:
+) -> bool:
     """Send ``data`` (the public payment) as a payment-status frame.
 
-    Called after commit; a failure is logged, never raised, because the change
-    is already committed and the client catches up by subscribing.
+    Called after commit. Return whether the channel layer took the message; a
+    failure is logged and counted, never raised, because the change is
+    already committed: it is pushed again later (the PaymentEvent outbox) and
+    a client catches up by subscribing anyway.
     """
     targets = [groups.payment_group(payment_id)]
     if socket_id:
@@ -36,12 +42,18 @@ def payment_status_changed(
     message = {"type": MESSAGE_TYPE, "payment": data}
     try:
         async_to_sync(_send)(targets, message)
-    except Exception:
-        logger.exception(
-            "payment-status not pushed payment=%s version=%s",
+    except Exception as exc:
+        stats["failed"] += 1
+        logger.warning(
+            "payment-status not pushed payment=%s version=%s: %r (failed so far: %d)",
             payment_id,
             data.get("version"),
+            exc,
+            stats["failed"],
         )
+        return False
+    stats["sent"] += 1
+    return True
 
 
 async def _send(targets: list[str], message: dict[str, Any]) -> None:

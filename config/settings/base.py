@@ -67,7 +67,9 @@ LOCAL_APPS = [
     "payments",
     "realtime",
 ]
-INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
+# Local apps before third-party ones: payments' db_worker command (the worker
+# with its recovery loop) must win over django_tasks_db's of the same name.
+INSTALLED_APPS = DJANGO_APPS + LOCAL_APPS + THIRD_PARTY_APPS
 
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
@@ -179,6 +181,15 @@ PAYMENTS_DEFAULT_CURRENCY = env("PAYMENTS_DEFAULT_CURRENCY", default="usd")
 PAYMENTS_CURRENCIES = env.list(
     "PAYMENTS_CURRENCIES", default=["usd", "eur", "gbp", "jpy", "chf", "cad", "aud"]
 )
+# A pending or processing payment not moved on for this long (seconds) is
+# taken as stuck and its job enqueued again by the worker's recovery loop.
+PAYMENTS_STUCK_AFTER = env.float("PAYMENTS_STUCK_AFTER", default=60.0)
+# Seconds an Idempotency-Key is remembered (then prune_idempotency_keys).
+PAYMENTS_IDEMPOTENCY_KEY_TTL = env.int("PAYMENTS_IDEMPOTENCY_KEY_TTL", default=86400)
+# Seconds between rounds of the worker's recovery loop.
+PAYMENTS_RECOVERY_INTERVAL = env.float("PAYMENTS_RECOVERY_INTERVAL", default=5.0)
+# A status change not yet pushed after this many seconds is pushed again.
+PAYMENTS_REDELIVER_AFTER = env.float("PAYMENTS_REDELIVER_AFTER", default=2.0)
 
 # LOGGING
 # ------------------------------------------------------------------------------

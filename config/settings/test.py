@@ -1,7 +1,11 @@
 """Tests: real Redis (REDIS_URL, set by scripts/test), SQLite or DATABASE_URL."""
 
+import os
+import tempfile
+from pathlib import Path
+
 from .base import *  # noqa: F403
-from .base import BASE_DIR, DATABASES, env
+from .base import DATABASES, env
 
 # GENERAL
 # ------------------------------------------------------------------------------
@@ -14,7 +18,12 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # A file, not SQLite's in-memory default: the end-to-end tests' daphne and
 # worker processes must open the very database the test writes to.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    # One file per test run, so runs side by side never share a database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(
+            Path(tempfile.gettempdir()) / f"payments-test-{os.getpid()}.sqlite3"
+        )
+    }
 
 # CORS AND WEBSOCKET ORIGINS
 # ------------------------------------------------------------------------------
