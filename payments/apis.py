@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import reverse
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +21,14 @@ from payments.serializers import (
 )
 
 
+def _request_data(request: Request) -> Any:
+    """Return the parsed body; JSON nested deeper than the parser can go is a 400."""
+    try:
+        return request.data
+    except RecursionError:
+        raise ParseError("JSON parse error - nested too deeply.") from None
+
+
 class BasePaymentCreateApi(APIView):
     """Validate, create once per Idempotency-Key, answer with the payment."""
 
@@ -31,7 +39,7 @@ class BasePaymentCreateApi(APIView):
         raise NotImplementedError
 
     def post(self, request: Request) -> Response:
-        serializer = self.input_serializer_class(data=request.data)
+        serializer = self.input_serializer_class(data=_request_data(request))
         serializer.is_valid(raise_exception=True)
 
         def create() -> tuple[int, dict[str, Any], Payment]:

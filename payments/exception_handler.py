@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -36,6 +37,18 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
         return Response(
             {"error": {"code": exc.code, "message": message}}, status=exc.status_code
+        )
+    if isinstance(exc, RequestDataTooBig):
+        # Django's own answer is an HTML 400 page; keep the one JSON shape.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            {
+                "error": {
+                    "code": "request_too_large",
+                    "message": f"body: larger than {limit} bytes.",
+                }
+            },
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -1,0 +1,588 @@
+"""Services: payment creation, the status machine and processing."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from payments import services
+from payments.models import (
+    GatewayCall,
+    Payment,
+    PaymentEvent,
+    PaymentStatus,
+    SimulatedCharge,
+)
+from payments.services import TRANSITIONS, InvalidTransitionError
+from tests.factories import PaymentFactory
+
+PROCESS_TASK = "payments.tasks.process_payment"
+REFRESH_TASK = "payments.tasks.refresh_payment"
+GATEWAY_NAME = "payments.gateways.simulated.SimulatedGateway"
+
+ALL_STATUSES = list(PaymentStatus)
+
+ALLOWED = [
+    (PaymentStatus.PENDING, PaymentStatus.PROCESSING),
+    (PaymentStatus.PENDING, PaymentStatus.CANCELED),
+    (PaymentStatus.PROCESSING, PaymentStatus.SUCCEEDED),
+    (PaymentStatus.PROCESSING, PaymentStatus.FAILED),
+]
+
+FORBIDDEN = [
+    (src, dst)
+    for src in ALL_STATUSES
+    for dst in ALL_STATUSES
+    if (src, dst) not in ALLOWED
+]
+
+
+def _call_service(to_status: str, payment_id):
+    """Call the public service that moves a payment to ``to_status``."""
+    if to_status == PaymentStatus.PROCESSING:
+        return services.payment_start_processing(payment_id=payment_id)
+    if to_status == PaymentStatus.SUCCEEDED:
+        return services.payment_mark_succeeded(
+            payment_id=payment_id, detail={"charge": "ch_1"}
+        )
+    if to_status == PaymentStatus.FAILED:
+        return services.payment_mark_failed(
+            payment_id=payment_id,
+            failure_code="card_declined",
+            failure_message="Your card was declined.",
+        )
+    if to_status == PaymentStatus.CANCELED:
+        return services.payment_cancel(payment_id=payment_id)
+    raise AssertionError(f"no service moves a payment to {to_status}")
+
+
+def _snapshot(payment: Payment) -> tuple:
+    payment.refresh_from_db()
+    return (
+        payment.status,
+        payment.version,
+        payment.updated_at,
+        payment.failure_code,
+        payment.failure_message,
+    )
+
+
+def _process_tasks(payment: Payment):
+    return DBTaskResult.objects.filter(
+        task_path=PROCESS_TASK, args_kwargs__kwargs__payment_id=str(payment.id)
+    )
+
+
+# The transition table ------------------------------------------------------
+
+
+def test_transition_table_is_the_documented_machine():
+    allowed = {(src, dst) for src, targets in TRANSITIONS.items() for dst in targets}
+
+    assert allowed == set(ALLOWED)
+    assert set(TRANSITIONS) == set(ALL_STATUSES)
+    for terminal in (
+        PaymentStatus.SUCCEEDED,
+        PaymentStatus.FAILED,
+        PaymentStatus.CANCELED,
+    ):
+        assert TRANSITIONS[terminal] == frozenset()
+
+
+# Allowed transitions -------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("from_status", "to_status"), ALLOWED)
+def test_allowed_transition(from_status, to_status, django_capture_on_commit_callbacks):
+    payment = PaymentFactory(status=from_status)
+    before = payment.updated_at
+    assert payment.version == 1
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = _call_service(to_status, payment.id)
+
+    assert isinstance(result, Payment)
+    assert result.pk == payment.pk
+    assert result.status == to_status
+    assert result.version == 2
+    payment.refresh_from_db()
+    assert payment.status == to_status
+    assert payment.version == 2
+    assert payment.updated_at >= before
+    event = PaymentEvent.objects.get(payment=payment)
+    assert event.from_status == from_status
+    assert event.to_status == to_status
+    assert event.version == 2
+    # The push to sockets is scheduled after commit, once per transition.
+    assert len(callbacks) == 1
+
+
+@pytest.mark.django_db
+def test_mark_failed_stores_failure_and_detail():
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+
+    result = services.payment_mark_failed(
+        payment_id=payment.id,
+        failure_code="insufficient_funds",
+        failure_message="x" * 300,
+        detail={"charge": "ch_9"},
+    )
+
+    assert result.failure_code == "insufficient_funds"
+    assert result.failure_message == "x" * 255
+    event = PaymentEvent.objects.get(payment=payment)
+    assert event.detail == {"charge": "ch_9"}
+
+
+@pytest.mark.django_db
+def test_mark_succeeded_without_detail_records_empty_detail():
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+
+    services.payment_mark_succeeded(payment_id=payment.id)
+
+    assert PaymentEvent.objects.get(payment=payment).detail == {}
+
+
+@pytest.mark.django_db
+def test_full_lifecycle_versions_and_history():
+    payment = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa"
+    )
+
+    services.payment_start_processing(payment_id=payment.id)
+    services.payment_mark_succeeded(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.version == 3
+    history = [(e.from_status, e.to_status, e.version) for e in payment.events.all()]
+    assert history == [
+        ("", PaymentStatus.PENDING, 1),
+        (PaymentStatus.PENDING, PaymentStatus.PROCESSING, 2),
+        (PaymentStatus.PROCESSING, PaymentStatus.SUCCEEDED, 3),
+    ]
+
+
+# Forbidden transitions -----------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("from_status", "to_status"),
+    [(src, dst) for src, dst in FORBIDDEN if dst != PaymentStatus.PENDING],
+)
+def test_service_in_wrong_state_is_a_no_op(
+    from_status, to_status, django_capture_on_commit_callbacks
+):
+    payment = PaymentFactory(status=from_status)
+    before = _snapshot(payment)
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        result = _call_service(to_status, payment.id)
+
+    assert result is None
+    assert _snapshot(payment) == before
+    assert PaymentEvent.objects.count() == 0
+    assert callbacks == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("from_status", "to_status"), FORBIDDEN)
+def test_transition_outside_table_raises(from_status, to_status):
+    payment = PaymentFactory(status=from_status)
+    before = _snapshot(payment)
+
+    with pytest.raises(InvalidTransitionError, match="not allowed"):
+        services._payment_transition(
+            payment_id=payment.id, from_status=from_status, to_status=to_status
+        )
+
+    assert _snapshot(payment) == before
+    assert PaymentEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_transition_of_unknown_payment_is_a_no_op():
+    assert services.payment_start_processing(payment_id=uuid.uuid4()) is None
+    assert PaymentEvent.objects.count() == 0
+
+
+# Lost races ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_second_start_processing_loses():
+    payment = PaymentFactory()
+
+    first = services.payment_start_processing(payment_id=payment.id)
+    second = services.payment_start_processing(payment_id=payment.id)
+
+    assert first is not None
+    assert second is None
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PROCESSING
+    assert payment.version == 2
+    assert PaymentEvent.objects.filter(payment=payment).count() == 1
+
+
+@pytest.mark.django_db
+def test_cancel_after_processing_started_loses():
+    payment = PaymentFactory()
+    services.payment_start_processing(payment_id=payment.id)
+
+    assert services.payment_cancel(payment_id=payment.id) is None
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PROCESSING
+    assert PaymentEvent.objects.filter(payment=payment).count() == 1
+
+
+@pytest.mark.django_db
+def test_failed_after_succeeded_loses():
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    services.payment_mark_succeeded(payment_id=payment.id)
+
+    lost = services.payment_mark_failed(
+        payment_id=payment.id, failure_code="card_declined", failure_message="no"
+    )
+
+    assert lost is None
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.failure_code == ""
+    assert payment.version == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_start_processing_has_one_winner():
+    payment = PaymentFactory()
+    workers = 4
+    barrier = threading.Barrier(workers)
+    results: list = []
+    errors: list = []
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(services.payment_start_processing(payment_id=payment.id))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert errors == []
+    assert len(results) == workers
+    assert sum(r is not None for r in results) == 1
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PROCESSING
+    assert payment.version == 2
+    assert PaymentEvent.objects.filter(payment=payment).count() == 1
+
+
+# payment_create ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_create_writes_payment_event_and_job():
+    payment = services.payment_create(
+        amount=1234,
+        currency="eur",
+        payment_method="pm_card_mastercard",
+        description="Order 7",
+        socket_id="s" * 32,
+    )
+
+    stored = Payment.objects.get()
+    assert stored.pk == payment.pk
+    assert stored.status == PaymentStatus.PENDING
+    assert stored.version == 1
+    assert (stored.amount, stored.currency) == (1234, "eur")
+    assert stored.payment_method == "pm_card_mastercard"
+    assert stored.description == "Order 7"
+    assert stored.socket_id == "s" * 32
+    assert stored.user is None
+    assert len(stored.client_secret) >= 40
+    event = PaymentEvent.objects.get()
+    assert event.payment_id == payment.pk
+    assert (event.from_status, event.to_status) == ("", PaymentStatus.PENDING)
+    assert event.version == 1
+    job = DBTaskResult.objects.get()
+    assert job.task_path == PROCESS_TASK
+    assert job.args_kwargs == {"args": [], "kwargs": {"payment_id": str(payment.id)}}
+
+
+@pytest.mark.django_db
+def test_create_gives_each_payment_its_own_secret():
+    first = services.payment_create(
+        amount=1, currency="usd", payment_method="pm_card_visa"
+    )
+    second = services.payment_create(
+        amount=1, currency="usd", payment_method="pm_card_visa"
+    )
+
+    assert first.client_secret != second.client_secret
+    assert _process_tasks(first).count() == 1
+    assert _process_tasks(second).count() == 1
+
+
+@pytest.mark.django_db
+def test_create_keeps_authenticated_user(django_user_model):
+    user = django_user_model.objects.create_user(username="ann", password="pw")
+
+    payment = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa", user=user
+    )
+
+    assert Payment.objects.get(pk=payment.pk).user == user
+
+
+@pytest.mark.django_db
+def test_create_rolled_back_with_surrounding_transaction():
+    class BoomError(Exception):
+        pass
+
+    with pytest.raises(BoomError), transaction.atomic():
+        services.payment_create(
+            amount=1000, currency="usd", payment_method="pm_card_visa"
+        )
+        assert Payment.objects.count() == 1
+        assert DBTaskResult.objects.count() == 1
+        raise BoomError
+
+    assert Payment.objects.count() == 0
+    assert PaymentEvent.objects.count() == 0
+    assert DBTaskResult.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_create_writes_nothing_when_enqueue_fails(monkeypatch):
+    class BrokenTask:
+        def enqueue(self, **kwargs):
+            raise RuntimeError("queue unavailable")
+
+    monkeypatch.setattr(services.tasks, "process_payment", BrokenTask())
+
+    with pytest.raises(RuntimeError, match="queue unavailable"):
+        services.payment_create(
+            amount=1000, currency="usd", payment_method="pm_card_visa"
+        )
+
+    assert Payment.objects.count() == 0
+    assert PaymentEvent.objects.count() == 0
+    assert DBTaskResult.objects.count() == 0
+
+
+# payment_process and payment_refresh --------------------------------------
+
+
+@pytest.mark.django_db
+def test_process_succeeds_for_visa(settings, django_capture_on_commit_callbacks):
+    assert settings.PAYMENTS_SIMULATED_DELAY == 0
+    payment = PaymentFactory(payment_method="pm_card_visa")
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.payment_process(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.version == 3
+    assert payment.failure_code == ""
+    assert [(e.from_status, e.to_status) for e in payment.events.all()] == [
+        (PaymentStatus.PENDING, PaymentStatus.PROCESSING),
+        (PaymentStatus.PROCESSING, PaymentStatus.SUCCEEDED),
+    ]
+    assert len(callbacks) == 2
+    call = GatewayCall.objects.get(payment=payment)
+    assert call.operation == "charge"
+    assert call.outcome == "succeeded"
+    assert call.gateway == GATEWAY_NAME
+    assert call.response["charge"] == str(payment.id)
+    assert SimulatedCharge.objects.filter(payment_id=payment.id).count() == 1
+    assert not DBTaskResult.objects.filter(task_path=REFRESH_TASK).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("method", "code"),
+    [
+        ("pm_card_chargeDeclined", "card_declined"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+    ],
+)
+def test_process_fails_for_declining_methods(method, code):
+    payment = PaymentFactory(payment_method=method)
+
+    services.payment_process(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.FAILED
+    assert payment.failure_code == code
+    assert payment.failure_message
+    assert payment.version == 3
+    event = payment.events.last()
+    assert (event.from_status, event.to_status) == (
+        PaymentStatus.PROCESSING,
+        PaymentStatus.FAILED,
+    )
+    call = GatewayCall.objects.get(payment=payment)
+    assert (call.operation, call.outcome) == ("charge", "failed")
+    assert call.response["failure_code"] == code
+
+
+@pytest.mark.django_db
+def test_process_twice_charges_once():
+    payment = PaymentFactory()
+
+    services.payment_process(payment_id=payment.id)
+    payment.refresh_from_db()
+    version = payment.version
+    services.payment_process(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.version == version == 3
+    assert SimulatedCharge.objects.count() == 1
+    assert GatewayCall.objects.filter(payment=payment).count() == 1
+    assert PaymentEvent.objects.filter(payment=payment).count() == 2
+
+
+@pytest.mark.django_db
+def test_process_rerun_after_crash_in_processing_charges_once():
+    """A worker died after charging: the rerun finds the first charge."""
+    payment = PaymentFactory()
+    services.payment_start_processing(payment_id=payment.id)
+    services.get_gateway().charge(payment=payment)
+
+    services.payment_process(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert SimulatedCharge.objects.count() == 1
+    assert PaymentEvent.objects.filter(payment=payment).count() == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status",
+    [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.CANCELED],
+)
+def test_process_of_terminal_payment_does_nothing(status):
+    payment = PaymentFactory(status=status)
+
+    services.payment_process(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == status
+    assert payment.version == 1
+    assert SimulatedCharge.objects.count() == 0
+    assert GatewayCall.objects.count() == 0
+    assert PaymentEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_process_of_missing_payment_does_nothing():
+    services.payment_process(payment_id=uuid.uuid4())
+
+    assert SimulatedCharge.objects.count() == 0
+    assert GatewayCall.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_process_with_delay_defers_outcome_to_refresh_job(settings):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = PaymentFactory(payment_method="pm_card_visa")
+
+    started = timezone.now()
+    services.payment_process(payment_id=payment.id)
+    finished = timezone.now()
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PROCESSING
+    assert payment.version == 2
+    job = DBTaskResult.objects.get(task_path=REFRESH_TASK)
+    assert job.args_kwargs["kwargs"] == {"payment_id": str(payment.id)}
+    assert started + timedelta(seconds=4) <= job.run_after
+    assert job.run_after <= finished + timedelta(seconds=5)
+    charge = SimulatedCharge.objects.get(payment_id=payment.id)
+    assert abs((job.run_after - charge.settles_at).total_seconds()) < 1
+    call = GatewayCall.objects.get(payment=payment)
+    assert (call.operation, call.outcome) == ("charge", "pending")
+    assert 4 < call.response["retry_after"] <= 5
+
+    # Refreshing before the charge settles keeps it processing and asks again.
+    services.payment_refresh(payment_id=payment.id)
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.PROCESSING
+    assert DBTaskResult.objects.filter(task_path=REFRESH_TASK).count() == 2
+
+    SimulatedCharge.objects.filter(payment_id=payment.id).update(
+        settles_at=timezone.now() - timedelta(seconds=1)
+    )
+    services.payment_refresh(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.version == 3
+    assert SimulatedCharge.objects.count() == 1
+    calls = list(
+        GatewayCall.objects.filter(payment=payment).values_list("operation", "outcome")
+    )
+    assert calls == [
+        ("charge", "pending"),
+        ("retrieve", "pending"),
+        ("retrieve", "succeeded"),
+    ]
+    assert DBTaskResult.objects.filter(task_path=REFRESH_TASK).count() == 2
+
+
+@pytest.mark.django_db
+def test_refresh_applies_failure(settings):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = PaymentFactory(payment_method="pm_card_chargeDeclinedExpiredCard")
+    services.payment_process(payment_id=payment.id)
+    SimulatedCharge.objects.filter(payment_id=payment.id).update(
+        settles_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    services.payment_refresh(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.FAILED
+    assert payment.failure_code == "expired_card"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status",
+    [
+        PaymentStatus.PENDING,
+        PaymentStatus.SUCCEEDED,
+        PaymentStatus.FAILED,
+        PaymentStatus.CANCELED,
+    ],
+)
+def test_refresh_of_payment_not_processing_does_nothing(status):
+    payment = PaymentFactory(status=status)
+
+    services.payment_refresh(payment_id=payment.id)
+
+    payment.refresh_from_db()
+    assert payment.status == status
+    assert payment.version == 1
+    assert GatewayCall.objects.count() == 0
+    assert DBTaskResult.objects.count() == 0
