@@ -138,7 +138,12 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # The layer waits for messages with a blocking pop that Redis
+            # answers after 5 s; redis-py 8 gives up reading after 5 s by
+            # default, so every idle socket crashed ("Timeout reading from").
+            # Read for longer than the pop waits, still bounded so a Redis
+            # that vanished is noticed.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             "prefix": env("CHANNELS_PREFIX", default="asgi"),
             # Per-channel queue length before group_send drops a message for
             # that channel; sized for bursts of status frames to one socket.

@@ -1,0 +1,226 @@
+"""End to end: real daphne and db_worker processes, a real socket, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from websockets.asyncio.client import ClientConnection, connect
+
+from realtime import groups, notify
+from tests.live import LiveStack, database_url, live_stack
+
+pytestmark = pytest.mark.e2e
+
+ORIGIN = "http://localhost:3000"
+# Generous: the whole path (HTTP, worker poll, gateway delay, deferred
+# refresh, Redis, socket) runs in separate processes on a shared machine.
+TIMEOUT = 20.0
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    """Start the web and worker processes on the test database and key space.
+
+    Depends on transactional_db so it is torn down (processes stopped) before
+    the tables are flushed under them.
+    """
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=isolated_channel_layer,
+        PAYMENTS_SIMULATED_DELAY="0.3",
+    ) as stack:
+        yield stack
+        # Checked before stopping: a process that died during the test is a bug.
+        crashed = [p for p in stack.processes if p.returncode is not None]
+    for process in stack.processes:
+        # Shown by pytest only when the test fails.
+        print(process.report())
+    assert all(p.returncode is not None for p in stack.processes), "not stopped"
+    assert not any(p.killed for p in stack.processes), "ignored SIGTERM"
+    assert not crashed, "exited during the test: " + ", ".join(
+        f"{p.name} ({p.returncode})" for p in crashed
+    )
+    # An error the client never saw (a consumer crash after the last frame, a
+    # failed task) still shows in the process's log.
+    assert not [p.name for p in stack.processes if "Traceback" in p.output()]
+
+
+# Helpers ----------------------------------------------------------------------
+
+
+def open_socket(live: LiveStack) -> connect:
+    return connect(
+        f"{live.ws_url}/ws/payments/", origin=ORIGIN, proxy=None, open_timeout=TIMEOUT
+    )
+
+
+def http_client(live: LiveStack) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=live.http_url, trust_env=False, timeout=TIMEOUT)
+
+
+async def next_frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(message, str), f"not a text frame: {message!r}"
+    return json.loads(message)
+
+
+async def receive_socket_id(ws: ClientConnection) -> str:
+    frame = await next_frame(ws)
+    assert frame["event"] == "socket-id", frame
+    return frame["data"]
+
+
+async def receive_statuses(
+    ws: ClientConnection, payment_id: str, count: int
+) -> list[dict[str, Any]]:
+    """Return the next ``count`` payment-status frames' data, in order."""
+    received: list[dict[str, Any]] = []
+    while len(received) < count:
+        try:
+            frame = await next_frame(ws)
+        except TimeoutError:
+            pytest.fail(f"waited {TIMEOUT} s for payment-status; got {received}")
+        assert frame["event"] == "payment-status", frame
+        assert frame["data"]["id"] == payment_id, frame
+        assert "client_secret" not in frame["data"], frame
+        received.append(frame["data"])
+    return received
+
+
+async def assert_nothing_more(ws: ClientConnection, socket_id: str) -> None:
+    """Check the socket sends nothing before a marker sent through its group.
+
+    The test shares the processes' channel-layer key space, so the marker
+    queues behind anything already on its way to this socket.
+    """
+    marker = str(uuid.uuid4())
+    await get_channel_layer().group_send(
+        groups.socket_group(socket_id),
+        {"type": notify.MESSAGE_TYPE, "payment": {"id": marker, "version": 1}},
+    )
+    frame = await next_frame(ws)
+    assert frame == {"event": "payment-status", "data": {"id": marker, "version": 1}}
+
+
+async def get_payment(live: LiveStack, payment: dict[str, Any]) -> dict[str, Any]:
+    async with http_client(live) as client:
+        response = await client.get(
+            f"/api/payments/{payment['id']}/",
+            params={"client_secret": payment["client_secret"]},
+        )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# Tests ------------------------------------------------------------------------
+
+
+async def test_payment_succeeds_and_each_status_is_pushed(live: LiveStack) -> None:
+    async with open_socket(live) as ws, open_socket(live) as bystander:
+        socket_id = await receive_socket_id(ws)
+        bystander_id = await receive_socket_id(bystander)
+        assert bystander_id != socket_id
+
+        async with http_client(live) as client:
+            response = await client.post(
+                "/api/payments/", json={"amount": 1000, "socket_id": socket_id}
+            )
+        assert response.status_code == 202, response.text
+        payment = response.json()
+        assert response.headers["location"] == f"/api/payments/{payment['id']}/"
+        assert payment["status"] == "pending"
+        assert payment["version"] == 1
+        assert payment["socket_id"] == socket_id
+
+        processing, succeeded = await receive_statuses(ws, payment["id"], 2)
+        assert (processing["status"], processing["version"]) == ("processing", 2)
+        assert (succeeded["status"], succeeded["version"]) == ("succeeded", 3)
+        assert succeeded["amount"] == 1000
+        assert succeeded["failure_code"] == ""
+        await assert_nothing_more(ws, socket_id)
+        await assert_nothing_more(bystander, bystander_id)
+
+    detail = await get_payment(live, payment)
+    assert (detail["status"], detail["version"]) == ("succeeded", 3)
+
+    # A client that missed it all catches up by subscribing on a new socket.
+    async with open_socket(live) as ws:
+        await receive_socket_id(ws)
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "subscribe",
+                    "payment_id": payment["id"],
+                    "client_secret": payment["client_secret"],
+                }
+            )
+        )
+        [snapshot] = await receive_statuses(ws, payment["id"], 1)
+    assert (snapshot["status"], snapshot["version"]) == ("succeeded", 3)
+
+
+async def test_declined_card_is_pushed_as_failed(live: LiveStack) -> None:
+    async with open_socket(live) as ws:
+        socket_id = await receive_socket_id(ws)
+        async with http_client(live) as client:
+            response = await client.post(
+                "/api/payments/",
+                json={
+                    "amount": 1000,
+                    "socket_id": socket_id,
+                    "payment_method": "pm_card_chargeDeclined",
+                },
+            )
+        assert response.status_code == 202, response.text
+        payment = response.json()
+
+        processing, failed = await receive_statuses(ws, payment["id"], 2)
+        assert (processing["status"], processing["version"]) == ("processing", 2)
+        assert (failed["status"], failed["version"]) == ("failed", 3)
+        assert failed["failure_code"] == "card_declined"
+        assert failed["failure_message"]
+        await assert_nothing_more(ws, socket_id)
+
+    detail = await get_payment(live, payment)
+    assert (detail["status"], detail["failure_code"]) == ("failed", "card_declined")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/payments/make-payment-with-socket",
+        "/api/payments/make-payment-with-socket/",
+    ],
+)
+async def test_seed_frontend_route_pushes_the_same_frames(
+    live: LiveStack, path: str
+) -> None:
+    async with open_socket(live) as ws:
+        socket_id = await receive_socket_id(ws)
+        async with http_client(live) as client:
+            response = await client.post(
+                path, json={"amount": 1000, "socketId": socket_id}
+            )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["message"] == "Payment received, processing request"
+        payment = body["payment"]
+        assert payment["socket_id"] == socket_id
+
+        processing, succeeded = await receive_statuses(ws, payment["id"], 2)
+        assert (processing["status"], processing["version"]) == ("processing", 2)
+        assert (succeeded["status"], succeeded["version"]) == ("succeeded", 3)
+        await assert_nothing_more(ws, socket_id)
+
+    detail = await get_payment(live, payment)
+    assert (detail["status"], detail["version"]) == ("succeeded", 3)
