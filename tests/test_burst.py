@@ -1,0 +1,60 @@
+"""A burst of status frames to one socket arrives whole and in order."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.db import connections
+
+from config.asgi import application
+from realtime import groups, notify
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BURST = 500
+
+
+def frame(payment_id: str, version: int) -> dict:
+    return {
+        "type": notify.MESSAGE_TYPE,
+        "payment": {"id": payment_id, "status": "processing", "version": version},
+    }
+
+
+def test_capacity_holds_a_burst():
+    # Past capacity channels-redis drops messages for that socket silently.
+    assert settings.CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] >= BURST
+
+
+async def test_burst_of_500_frames_to_one_socket_arrives_complete_and_in_order():
+    communicator = WebsocketCommunicator(
+        application, "/ws/payments/", headers=[(b"origin", b"http://localhost:3000")]
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    socket_id = (await communicator.receive_json_from(timeout=5))["data"]
+    layer = get_channel_layer()
+    group = groups.socket_group(socket_id)
+    payment_ids = [str(uuid.uuid4()) for _ in range(5)]
+
+    # Sent before the socket reads any of them: all queue up in Redis.
+    for version in range(2, BURST // len(payment_ids) + 2):
+        for payment_id in payment_ids:
+            await layer.group_send(group, frame(payment_id, version))
+
+    received = [await communicator.receive_json_from(timeout=10) for _ in range(BURST)]
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
+    await database_sync_to_async(connections.close_all)()
+
+    assert all(f["event"] == "payment-status" for f in received)
+    for payment_id in payment_ids:
+        versions = [
+            f["data"]["version"] for f in received if f["data"]["id"] == payment_id
+        ]
+        assert versions == list(range(2, BURST // len(payment_ids) + 2))
