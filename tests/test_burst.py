@@ -58,3 +58,26 @@ async def test_burst_of_500_frames_to_one_socket_arrives_complete_and_in_order()
             f["data"]["version"] for f in received if f["data"]["id"] == payment_id
         ]
         assert versions == list(range(2, BURST // len(payment_ids) + 2))
+
+
+async def test_messages_dropped_for_a_full_socket_are_counted_and_warned(
+    settings, caplog
+):
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = 5
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("socket.full", channel)
+    dropped_before = notify.stats["dropped"]
+
+    with caplog.at_level("INFO", logger="channels_redis.core"):
+        for version in range(2, 12):
+            await layer.group_send("socket.full", frame(str(uuid.uuid4()), version))
+
+    assert notify.stats["dropped"] - dropped_before >= 4
+    assert any(
+        r.levelname == "WARNING" and "over capacity" in r.getMessage()
+        for r in caplog.records
+    )
