@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.urls import reverse
-from rest_framework import serializers, status
+from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, serializers, status
 from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import idempotency, selectors, services
+from payments import idempotency, openapi, selectors, services
 from payments.models import Payment
 from payments.serializers import (
     PaymentCreateInputSerializer,
@@ -19,6 +22,7 @@ from payments.serializers import (
     PaymentOwnerOutputSerializer,
     SeedPaymentInputSerializer,
 )
+from payments.throttling import PaymentCreateAnonThrottle, PaymentCreateUserThrottle
 
 
 def _request_data(request: Request) -> Any:
@@ -29,11 +33,26 @@ def _request_data(request: Request) -> Any:
         raise ParseError("JSON parse error - nested too deeply.") from None
 
 
+class CreatePermission(permissions.BasePermission):
+    """Anyone may create, unless PAYMENTS_REQUIRE_AUTH asks for a user."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if request.method != "POST" or not settings.PAYMENTS_REQUIRE_AUTH:
+            return True
+        return bool(request.user and request.user.is_authenticated)
+
+
 class BasePaymentCreateApi(APIView):
     """Validate, create once per Idempotency-Key, answer with the payment."""
 
     input_serializer_class: type[serializers.Serializer]
     success_status: int
+    permission_classes = [CreatePermission]
+
+    def get_throttles(self) -> list:
+        if self.request.method == "POST":
+            return [PaymentCreateAnonThrottle(), PaymentCreateUserThrottle()]
+        return []
 
     def render(self, payment: Payment) -> dict[str, Any]:
         raise NotImplementedError
@@ -67,15 +86,33 @@ class BasePaymentCreateApi(APIView):
         return response
 
 
-class PaymentCreateApi(BasePaymentCreateApi):
-    """Accept a payment for processing; its outcome arrives over the socket."""
+class PaymentPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class PaymentListCreateApi(BasePaymentCreateApi):
+    """List your payments (GET); accept a payment for processing (POST).
+
+    The outcome of a new payment arrives over the socket.
+    """
 
     input_serializer_class = PaymentCreateInputSerializer
     success_status = status.HTTP_202_ACCEPTED
 
-    def render(self, payment: Payment) -> dict[str, Any]:
-        return PaymentOwnerOutputSerializer(payment).data
+    def get_permissions(self) -> list:
+        if self.request.method == "GET":
+            return [permissions.IsAuthenticated()]
+        return super().get_permissions()
 
+    @extend_schema(
+        operation_id="payments_create",
+        request=PaymentCreateInputSerializer,
+        parameters=[openapi.IDEMPOTENCY_KEY],
+        responses={202: PaymentOwnerOutputSerializer, **openapi.CREATE_ERRORS},
+    )
     def post(self, request: Request) -> Response:
         response = super().post(request)
         if response.status_code == status.HTTP_202_ACCEPTED:
@@ -83,6 +120,24 @@ class PaymentCreateApi(BasePaymentCreateApi):
                 "payments:detail", args=[response.data["id"]]
             )
         return response
+
+    @extend_schema(
+        operation_id="payments_list",
+        parameters=openapi.LIST_PARAMETERS,
+        responses={200: openapi.PAYMENT_PAGE, **openapi.errors(400, 401, 403)},
+    )
+    def get(self, request: Request) -> Response:
+        payments = selectors.payment_list(
+            user=request.user, filters=request.query_params
+        )
+        paginator = PaymentPagination()
+        page = paginator.paginate_queryset(payments, request, view=self)
+        return paginator.get_paginated_response(
+            PaymentOutputSerializer(page, many=True).data
+        )
+
+    def render(self, payment: Payment) -> dict[str, Any]:
+        return PaymentOwnerOutputSerializer(payment).data
 
 
 class SeedPaymentCreateApi(BasePaymentCreateApi):
@@ -97,10 +152,28 @@ class SeedPaymentCreateApi(BasePaymentCreateApi):
             "payment": PaymentOwnerOutputSerializer(payment).data,
         }
 
+    @extend_schema(
+        operation_id="payments_seed_create",
+        request=SeedPaymentInputSerializer,
+        parameters=[openapi.IDEMPOTENCY_KEY],
+        responses={200: openapi.SEED_RESPONSE, **openapi.CREATE_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        return super().post(request)
+
 
 class PaymentDetailApi(APIView):
     """Read one payment: the polling fallback and catch-up over HTTP."""
 
+    @extend_schema(
+        operation_id="payments_retrieve",
+        parameters=openapi.CLIENT_SECRET_PARAMETERS,
+        responses={
+            # The owner's copy adds client_secret, which the schema allows.
+            200: PaymentOutputSerializer,
+            **openapi.errors(400, 401, 403, 404),
+        },
+    )
     def get(self, request: Request, payment_id: str) -> Response:
         payment = selectors.payment_get_visible(
             payment_id=payment_id,

@@ -70,6 +70,10 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = " ".join(_flatten(exc.detail))
         if isinstance(exc, exceptions.ParseError):
             message = f"body: {message}"
+        elif isinstance(
+            exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed
+        ):
+            message = f"Authorization: {message}"
         error = {"code": code, "message": message}
     response.data = {"error": error}
     if response.status_code >= status.HTTP_500_INTERNAL_SERVER_ERROR:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils.crypto import constant_time_compare
+from rest_framework.exceptions import ValidationError
 
+from payments.filters import PaymentFilter
 from payments.models import Payment
 
 
@@ -61,3 +64,17 @@ def payment_public_data(
     if payment is None:
         return None
     return dict(PaymentOutputSerializer(payment).data)
+
+
+def payment_list(*, user: Any, filters: Any = None) -> QuerySet[Payment]:
+    """Return the payments ``user`` may list (their own; staff: all), filtered.
+
+    Raises ValidationError naming the filter when a filter value is invalid.
+    """
+    queryset = Payment.objects.all()
+    if not user.is_staff:
+        queryset = queryset.filter(user=user)
+    filterset = PaymentFilter(filters or {}, queryset=queryset)
+    if not filterset.is_valid():
+        raise ValidationError(filterset.errors)
+    return filterset.qs

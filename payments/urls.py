@@ -5,7 +5,7 @@ from payments import apis
 app_name = "payments"
 
 urlpatterns = [
-    path("", apis.PaymentCreateApi.as_view(), name="create"),
+    path("", apis.PaymentListCreateApi.as_view(), name="list-create"),
     re_path(
         r"^make-payment-with-socket/?$",
         apis.SeedPaymentCreateApi.as_view(),

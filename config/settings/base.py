@@ -61,6 +61,10 @@ THIRD_PARTY_APPS = [
     "channels",
     "corsheaders",
     "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_tasks_db",
 ]
 LOCAL_APPS = [
@@ -153,6 +157,19 @@ CHANNEL_LAYERS = {
     },
 }
 
+# CACHES
+# ------------------------------------------------------------------------------
+# Throttle counters live here, shared by every web process. If Redis is away
+# throttling lets requests through (payments.throttling), never a 500.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env("CACHE_PREFIX", default="payments"),
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    },
+}
+
 # TASKS
 # ------------------------------------------------------------------------------
 TASKS = {
@@ -165,10 +182,25 @@ TASKS = {
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: an anonymous request to an endpoint that needs a user gets
+    # 401 with "WWW-Authenticate: Token" rather than a bare 403.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "payments_create_anon": env(
+            "PAYMENTS_CREATE_RATE_ANON", default="60/min"
+        ),
+        "payments_create_user": env(
+            "PAYMENTS_CREATE_RATE_USER", default="120/min"
+        ),
+    },
+    # Proxies in front of the web process, so throttling sees the client's
+    # address (X-Forwarded-For) rather than the proxy's.
+    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=None),
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "payments.exception_handler.api_exception_handler",
@@ -183,6 +215,8 @@ PAYMENTS_GATEWAY = env(
 )
 PAYMENTS_SIMULATED_DELAY = env.float("PAYMENTS_SIMULATED_DELAY", default=0.0)
 PAYMENTS_DEFAULT_CURRENCY = env("PAYMENTS_DEFAULT_CURRENCY", default="usd")
+# Only logged-in users (session or token) may create payments.
+PAYMENTS_REQUIRE_AUTH = env.bool("PAYMENTS_REQUIRE_AUTH", default=False)
 PAYMENTS_CURRENCIES = env.list(
     "PAYMENTS_CURRENCIES", default=["usd", "eur", "gbp", "jpy", "chf", "cad", "aud"]
 )
@@ -220,3 +254,24 @@ LOGGING = {
 # REALTIME
 # ------------------------------------------------------------------------------
 REALTIME_MAX_SUBSCRIPTIONS = env.int("REALTIME_MAX_SUBSCRIPTIONS", default=100)
+# Largest client frame, in bytes; a bigger one closes the socket with 1009.
+REALTIME_MAX_FRAME_BYTES = env.int("REALTIME_MAX_FRAME_BYTES", default=4096)
+# Client frames per second a socket may send (a token bucket of twice this);
+# past it frames are answered "rate_limited", and persisting closes with 1008.
+REALTIME_RATE_LIMIT = env.float("REALTIME_RATE_LIMIT", default=10.0)
+
+# OPENAPI
+# ------------------------------------------------------------------------------
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Realtime payments API",
+    "DESCRIPTION": (
+        "Create payments and read them back; every status change is also "
+        "pushed over the WebSocket /ws/payments/ (frames in the README)."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}

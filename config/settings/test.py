@@ -36,6 +36,16 @@ CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = env(  # noqa: F405
     "CHANNELS_PREFIX", default="test"
 )
 
+# CACHES AND THROTTLING
+# ------------------------------------------------------------------------------
+# Per run, like the channel layer; limits high enough that only the tests
+# about throttling meet them.
+CACHES["default"]["KEY_PREFIX"] = f"test-{os.getpid()}"  # noqa: F405
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {  # noqa: F405
+    "payments_create_anon": "100000/min",
+    "payments_create_user": "100000/min",
+}
+
 # PAYMENTS
 # ------------------------------------------------------------------------------
 PAYMENTS_SIMULATED_DELAY = env.float("PAYMENTS_SIMULATED_DELAY", default=0.0)

@@ -1,0 +1,95 @@
+"""OpenAPI pieces shared by the payments views (drf-spectacular)."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+from payments.idempotency import HEADER as IDEMPOTENCY_HEADER
+from payments.models import PaymentStatus
+from payments.serializers import PaymentOutputSerializer, PaymentOwnerOutputSerializer
+
+ERROR = inline_serializer(
+    "Error",
+    fields={
+        "error": inline_serializer(
+            "ErrorBody",
+            fields={
+                "code": serializers.CharField(),
+                "message": serializers.CharField(
+                    help_text="Names the offending field, e.g. 'amount: ...'."
+                ),
+                "fields": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    required=False,
+                    help_text="Validation errors only: messages per field.",
+                ),
+            },
+        )
+    },
+)
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ERROR) for code in codes}
+
+
+# Every body-taking endpoint can answer these, whatever the input.
+CREATE_ERRORS = errors(400, 401, 403, 413, 415, 422, 429)
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    IDEMPOTENCY_HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description=(
+        "1-255 printable characters. The same key and body answer with the "
+        "first response; the same key with another body is 422."
+    ),
+)
+
+CLIENT_SECRET_PARAMETERS = [
+    OpenApiParameter(
+        "client_secret",
+        OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        description="The payment's client_secret from its create response.",
+    ),
+    OpenApiParameter(
+        "X-Client-Secret",
+        OpenApiTypes.STR,
+        OpenApiParameter.HEADER,
+        description="The client_secret, as a header instead of the query.",
+    ),
+]
+
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "status",
+        OpenApiTypes.STR,
+        many=True,
+        enum=PaymentStatus.values,
+        description="Only these statuses (repeat the parameter for several).",
+    ),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601"),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="ISO 8601"),
+    OpenApiParameter("cursor", OpenApiTypes.STR, description="From next/previous."),
+    OpenApiParameter("page_size", OpenApiTypes.INT, description="1-200, default 50"),
+]
+
+PAYMENT_PAGE = inline_serializer(
+    "PaymentPage",
+    fields={
+        "next": serializers.URLField(allow_null=True),
+        "previous": serializers.URLField(allow_null=True),
+        "results": PaymentOutputSerializer(many=True),
+    },
+)
+
+SEED_RESPONSE = inline_serializer(
+    "SeedPaymentResponse",
+    fields={
+        "message": serializers.CharField(),
+        "payment": PaymentOwnerOutputSerializer(),
+    },
+)
