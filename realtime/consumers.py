@@ -13,8 +13,13 @@ from django.conf import settings
 
 from payments import selectors
 from realtime import groups
+from realtime.ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
+
+# Close codes (RFC 6455 §7.4.1).
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 
 
 @database_sync_to_async
@@ -34,6 +39,11 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         # payment id → highest version sent, so a change that reaches this
         # socket through two groups (or a snapshot and a live frame) goes once.
         self.sent_versions: dict[str, int] = {}
+        self.bucket = TokenBucket(
+            rate=settings.REALTIME_RATE_LIMIT, burst=2 * settings.REALTIME_RATE_LIMIT
+        )
+        # Frames refused in a row by the rate limit; enough of them closes.
+        self.refused = 0
         await self._join(groups.socket_group(self.socket_id))
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
@@ -58,6 +68,27 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
+        size = (
+            len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        )
+        if size > settings.REALTIME_MAX_FRAME_BYTES:
+            # realtime.server refuses these already (its message size limit);
+            # this covers other servers.
+            await self.close(code=MESSAGE_TOO_BIG)
+            return
+        if not self.bucket.take():
+            self.refused += 1
+            if self.refused == 1:
+                await self.send_error(
+                    "rate_limited",
+                    f"frame: at most {settings.REALTIME_RATE_LIMIT:g} frames a "
+                    "second; slow down or the socket is closed.",
+                )
+            elif self.refused >= self.bucket.burst:
+                logger.warning("closing a socket that kept flooding (1008)")
+                await self.close(code=POLICY_VIOLATION)
+            return
+        self.refused = 0
         if text_data is None:
             await self.send_error(
                 "binary_not_supported", "frame: send JSON text frames."
@@ -65,7 +96,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             await self.send_error("invalid_json", "frame: not valid JSON.")
             return
         if not isinstance(content, dict):

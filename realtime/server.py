@@ -1,7 +1,14 @@
-"""daphne, but SIGTERM closes WebSockets with 1001 (going away) first.
+"""daphne, with a graceful stop and the server's own close codes.
 
-Plain daphne drops sockets when it stops, which clients see as 1006
-(abnormal closure) and may treat as an error. Run it exactly like daphne:
+- SIGTERM first closes every WebSocket with 1001 (going away); plain daphne
+  drops them, which clients see as 1006 (abnormal closure).
+- An application may close with 1008 (policy violation) and 1009 (message too
+  big), which daphne's WebSocket library refuses to send for applications.
+- The largest client message defaults to REALTIME_MAX_FRAME_BYTES (daphne's
+  own default is 1 MiB); bigger ones are closed with 1009 before Python reads
+  them.
+
+Run it exactly like daphne:
 
     python -m realtime.server -b 0.0.0.0 -p 8000 config.asgi:application
 """
@@ -9,6 +16,7 @@ Plain daphne drops sockets when it stops, which clients see as 1006
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -18,13 +26,38 @@ from twisted.internet import defer, reactor
 logger = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
+# Codes RFC 6455 §7.4.1 gives servers, beyond the 1000 and 3000-4999 that
+# the library allows applications.
+SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 CLOSE_TIMEOUT = 5.0
 
 
+class ServerWebSocketProtocol(WebSocketProtocol):
+    def serverClose(self, code: int | None = None) -> None:  # noqa: N802
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+
 class GracefulServer(Server):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("websocket_max_message_size") is None:
+            from django.conf import settings
+
+            kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
+        super().__init__(*args, **kwargs)
+
     def run(self) -> None:
+        reactor.callWhenRunning(self._use_server_protocol)
         reactor.addSystemEventTrigger("before", "shutdown", self.close_websockets)
         super().run()
+
+    def _use_server_protocol(self) -> None:
+        self.ws_factory.protocol = ServerWebSocketProtocol
+        # Fail a bad connection (an oversized message) with a close frame the
+        # client can read (1009), not by dropping TCP (1006).
+        self.ws_factory.setProtocolOptions(failByDrop=False)
 
     def close_websockets(self) -> defer.Deferred:
         """Send close 1001 to every open socket; wait for the handshakes."""
@@ -35,15 +68,13 @@ class GracefulServer(Server):
             and protocol.state == WebSocketProtocol.STATE_OPEN
         ]
         for protocol in sockets:
-            # sendClose() only lets applications use 1000 and 3000-4999;
-            # 1001 is the server's own code, so send the frame directly.
+            # The library's sendClose() refuses 1001; send the frame directly.
             protocol.sendCloseFrame(
                 code=GOING_AWAY, reasonUtf8=b"server shutting down", isReply=False
             )
         logger.info("closing %d WebSockets with 1001", len(sockets))
         closed = defer.DeferredList(
-            [protocol.is_closed for protocol in sockets],
-            consumeErrors=True,
+            [protocol.is_closed for protocol in sockets], consumeErrors=True
         )
         closed.addTimeout(CLOSE_TIMEOUT, reactor)
         closed.addErrback(lambda _: None)
@@ -52,6 +83,11 @@ class GracefulServer(Server):
 
 class GracefulCommandLineInterface(CommandLineInterface):
     server_class = GracefulServer
+
+    def __init__(self) -> None:
+        super().__init__()
+        # None means "from settings" (GracefulServer); the flag still wins.
+        self.parser.set_defaults(websocket_max_message_size=None)
 
 
 def main() -> None:

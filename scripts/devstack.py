@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
+ASGI_APP = "config.asgi:application"
 
 ENSURE_ADMIN = """
 from django.contrib.auth import get_user_model
@@ -73,7 +74,7 @@ def main() -> int:
             )
 
         processes = [
-            child([PY, "manage.py", "runserver", f"{HOST}:{PORT}", "--noreload"]),
+            child([PY, "-m", "realtime.server", "-b", HOST, "-p", PORT, ASGI_APP]),
             child([PY, "manage.py", "db_worker", "--no-reload", "--interval", "0.1"]),
         ]
         base = f"http://{HOST}:{PORT}"

@@ -191,12 +191,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
-        "payments_create_anon": env(
-            "PAYMENTS_CREATE_RATE_ANON", default="60/min"
-        ),
-        "payments_create_user": env(
-            "PAYMENTS_CREATE_RATE_USER", default="120/min"
-        ),
+        "payments_create_anon": env("PAYMENTS_CREATE_RATE_ANON", default="60/min"),
+        "payments_create_user": env("PAYMENTS_CREATE_RATE_USER", default="120/min"),
     },
     # Proxies in front of the web process, so throttling sees the client's
     # address (X-Forwarded-For) rather than the proxy's.

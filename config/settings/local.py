@@ -11,6 +11,12 @@ ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
 )
 
+# STATIC
+# ------------------------------------------------------------------------------
+# The admin's CSS straight from the apps, no collectstatic needed.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
+
 # CORS AND WEBSOCKET ORIGINS
 # ------------------------------------------------------------------------------
 CORS_ALLOWED_ORIGINS = env.list(
