@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -44,7 +44,7 @@ class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
 
 
-def _stuck_deadline(after: float = 0.0) -> Any:
+def _stuck_deadline(after: float = 0.0) -> datetime:
     return timezone.now() + timedelta(seconds=after + settings.PAYMENTS_STUCK_AFTER)
 
 
