@@ -1,4 +1,9 @@
-"""Real daphne and db_worker processes for the end-to-end tests."""
+"""Real daphne and db_worker processes for the end-to-end and fault tests.
+
+``live_stack`` runs one web process and one worker on a free port; the
+``LiveStack`` it yields can also kill, stop and start either of them again on
+the same port and environment, so tests can crash and restart the service.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from payments.gateways.simulated import SimulatedGateway
+
+if TYPE_CHECKING:
+    from payments.gateways import GatewayResult
+    from payments.models import Payment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -63,6 +73,10 @@ class LiveProcess:
         self._final_output: str | None = None
         #: Whether stop() had to SIGKILL it after SIGTERM was ignored.
         self.killed = False
+        #: Whether the test killed it on purpose (kill()).
+        self.crashed_on_purpose = False
+        #: Whether it was running when kill() or stop() ended it.
+        self.ended_by_test = False
         self.popen = subprocess.Popen(
             [sys.executable, *args],
             cwd=REPO_ROOT,
@@ -85,7 +99,8 @@ class LiveProcess:
     def report(self) -> str:
         return (
             f"----- {self.name} (pid {self.popen.pid}, "
-            f"returncode {self.returncode}{', killed' if self.killed else ''}) "
+            f"returncode {self.returncode}{', killed' if self.killed else ''}"
+            f"{', killed by the test' if self.crashed_on_purpose else ''}) "
             f"-----\n{self.output()}"
         )
 
@@ -108,10 +123,63 @@ class LiveProcess:
                     ) from None
                 time.sleep(0.05)  # polling a port, not synchronising on an event
 
+    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        """Return once ``text`` is in the process's output; fail on timeout."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} did not print {text!r} within {timeout} s\n"
+                    f"{self.report()}"
+                )
+            time.sleep(0.05)  # polling a log file, not synchronising on an event
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` and return at once (see stop() and kill())."""
+        if self.popen.poll() is None:
+            self.ended_by_test = True
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for it to exit by itself, sending nothing (after send_signal).
+
+        A second SIGTERM would force a shutdown the first one began, so this
+        only waits; past ``timeout`` it SIGKILLs and sets ``killed``.
+        """
+        try:
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self.popen.kill()
+                self.popen.wait(timeout=timeout)
+        finally:
+            self._finish()
+        return self.popen.returncode
+
+    def kill(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGKILL it (a crash: nothing runs after), wait, keep the output."""
+        self.crashed_on_purpose = True
+        try:
+            if self.popen.poll() is None:
+                self.ended_by_test = True
+                self.popen.kill()
+            self.popen.wait(timeout=timeout)
+        finally:
+            self._finish()
+        return self.popen.returncode
+
+    def _finish(self) -> None:
+        if self._final_output is None:
+            self._log.close()
+            self._final_output = self.output()
+            self.log_path.unlink(missing_ok=True)
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, wait, SIGKILL if it hangs; keep the output, drop the file."""
         try:
             if self.popen.poll() is None:
+                self.ended_by_test = True
                 self.popen.send_signal(signal.SIGTERM)
                 try:
                     self.popen.wait(timeout=timeout)
@@ -120,22 +188,8 @@ class LiveProcess:
                     self.popen.kill()
                     self.popen.wait(timeout=timeout)
         finally:
-            self._log.close()
-            self._final_output = self.output()
-            self.log_path.unlink(missing_ok=True)
+            self._finish()
         return self.popen.returncode
-
-
-@dataclass(frozen=True)
-class LiveStack:
-    http_url: str
-    ws_url: str
-    web: LiveProcess
-    worker: LiveProcess
-
-    @property
-    def processes(self) -> tuple[LiveProcess, LiveProcess]:
-        return (self.web, self.worker)
 
 
 def process_env(**overrides: str) -> dict[str, str]:
@@ -146,12 +200,147 @@ def process_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+class LiveStack:
+    """A web process and a worker sharing one environment and one port.
+
+    ``web`` and ``worker`` are the current processes; each restart replaces
+    one, and ``history`` keeps every process started, for reports.
+    """
+
+    def __init__(self, *, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.env = env
+        self.redis_url = env["REDIS_URL"]
+        self.channels_prefix = env["CHANNELS_PREFIX"]
+        self.http_url = f"http://{HOST}:{port}"
+        self.ws_url = f"ws://{HOST}:{port}"
+        self.history: list[LiveProcess] = []
+        self._started = {"web": 0, "worker": 0}
+        self.web: LiveProcess | None = None
+        self.worker: LiveProcess | None = None
+
+    @property
+    def processes(self) -> tuple[LiveProcess, ...]:
+        """The current web and worker processes."""
+        return tuple(p for p in (self.web, self.worker) if p is not None)
+
+    def _name(self, role: str) -> str:
+        self._started[role] += 1
+        count = self._started[role]
+        return {"web": "daphne", "worker": "db_worker"}[role] + (
+            f"-{count}" if count > 1 else ""
+        )
+
+    # Web --------------------------------------------------------------------
+
+    def start_web(self, *, wait: bool = True) -> LiveProcess:
+        """Start daphne on the stack's port (again); return once it listens."""
+        if self.web is not None and self.web.returncode is None:
+            raise RuntimeError(f"{self.web.name} is still running")
+        self.web = LiveProcess(
+            self._name("web"),
+            [
+                "-m",
+                "realtime.server",
+                "-b",
+                HOST,
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
+            self.env,
+        )
+        self.history.append(self.web)
+        if wait:
+            self.web.wait_for_port(self.port)
+        return self.web
+
+    def kill_web(self) -> int:
+        """SIGKILL the web process: its sockets drop without a close frame."""
+        assert self.web is not None
+        return self.web.kill()
+
+    def stop_web(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the web process and wait for it (SIGKILL if it hangs)."""
+        assert self.web is not None
+        return self.web.stop(timeout)
+
+    def restart_web(self, *, kill: bool) -> LiveProcess:
+        """Kill (or stop) the web process, then start a new one on the port."""
+        if kill:
+            self.kill_web()
+        else:
+            self.stop_web()
+        return self.start_web()
+
+    # Worker -----------------------------------------------------------------
+
+    def start_worker(self, *, wait: bool = False) -> LiveProcess:
+        """Start a db_worker; with ``wait``, return once it polls for tasks.
+
+        Its worker id is its process name, so tests can tell which worker
+        claimed a task (DBTaskResult.worker_ids).
+        """
+        if self.worker is not None and self.worker.returncode is None:
+            raise RuntimeError(f"{self.worker.name} is still running")
+        name = self._name("worker")
+        self.worker = LiveProcess(
+            name,
+            [
+                "manage.py",
+                "db_worker",
+                "--no-reload",
+                "--interval",
+                "0.05",
+                "--no-startup-delay",
+                "--worker-id",
+                name,
+            ],
+            self.env,
+        )
+        self.history.append(self.worker)
+        if wait:
+            self.worker.wait_for_output(f"worker_id={name}")
+        return self.worker
+
+    def kill_worker(self) -> int:
+        """SIGKILL the worker: a task in hand is abandoned mid-way."""
+        assert self.worker is not None
+        return self.worker.kill()
+
+    def stop_worker(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM the worker and wait for it (SIGKILL if it hangs)."""
+        assert self.worker is not None
+        return self.worker.stop(timeout)
+
+    def restart_worker(self, *, kill: bool) -> LiveProcess:
+        """Kill (or stop) the worker, then start a new one."""
+        if kill:
+            self.kill_worker()
+        else:
+            self.stop_worker()
+        return self.start_worker()
+
+    def close(self) -> None:
+        """Stop whatever still runs, keeping every process's output."""
+        errors = []
+        for process in reversed(self.history):
+            try:
+                process.stop()
+            except Exception as exc:  # stop the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def report(self) -> str:
+        return "\n".join(p.report() for p in self.history)
+
+
 @contextmanager
 def live_stack(
     *, database_url: str, redis_url: str, channels_prefix: str, **extra_env: str
 ) -> Iterator[LiveStack]:
     """Run daphne (config.asgi) and db_worker until the block ends."""
-    port = free_port()
     env = process_env(
         DJANGO_SETTINGS_MODULE="config.settings.test",
         DATABASE_URL=database_url,
@@ -160,38 +349,27 @@ def live_stack(
         PYTHONUNBUFFERED="1",
         **extra_env,
     )
-    with ExitStack() as stack:
-        web = LiveProcess(
-            "daphne",
-            [
-                "-m",
-                "realtime.server",
-                "-b",
-                HOST,
-                "-p",
-                str(port),
-                "config.asgi:application",
-            ],
-            env,
-        )
-        stack.callback(web.stop)
-        worker = LiveProcess(
-            "db_worker",
-            [
-                "manage.py",
-                "db_worker",
-                "--no-reload",
-                "--interval",
-                "0.05",
-                "--no-startup-delay",
-            ],
-            env,
-        )
-        stack.callback(worker.stop)
-        web.wait_for_port(port)
-        yield LiveStack(
-            http_url=f"http://{HOST}:{port}",
-            ws_url=f"ws://{HOST}:{port}",
-            web=web,
-            worker=worker,
-        )
+    stack = LiveStack(port=free_port(), env=env)
+    try:
+        stack.start_web(wait=False)
+        stack.start_worker()
+        stack.web.wait_for_port(stack.port)
+        yield stack
+    finally:
+        stack.close()
+
+
+class SlowChargeGateway(SimulatedGateway):
+    """The simulated gateway, answering a charge only after a latency.
+
+    Fault injection for the worker tests: the charge is made (its
+    SimulatedCharge row committed) and then the answer takes
+    ``PAYMENTS_TEST_CHARGE_LATENCY`` seconds, as a provider's HTTP call does.
+    In that window a worker holds a charged payment whose charge is not yet
+    recorded, and a test can kill or stop it there deterministically.
+    """
+
+    def charge(self, *, payment: Payment) -> GatewayResult:
+        result = super().charge(payment=payment)
+        time.sleep(float(os.environ.get("PAYMENTS_TEST_CHARGE_LATENCY", "1")))
+        return result

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from redis.maint_notifications import MaintNotificationsConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -140,14 +141,31 @@ CORS_EXPOSE_HEADERS = ("location",)
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # RedisPubSubChannelLayer is the alternative (see BENCHMARKS.md).
+        "BACKEND": env(
+            "CHANNELS_BACKEND", default="channels_redis.core.RedisChannelLayer"
+        ),
         "CONFIG": {
             # The layer waits for messages with a blocking pop that Redis
             # answers after 5 s; redis-py 8 gives up reading after 5 s by
             # default, so every idle socket crashed ("Timeout reading from").
             # Read for longer than the pop waits, still bounded so a Redis
             # that vanished is noticed.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+            # redis-py 8 turns maintenance notifications on for RESP3, and
+            # with them on its pool hands out idle connections unchecked:
+            # after a Redis restart the next WebSocket handshake failed (500)
+            # on a dead pooled connection. Off, the pool reconnects a dead
+            # idle connection; a command failing in flight still fails, so a
+            # socket whose Redis went away is closed, not kept groupless.
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "maint_notifications_config": MaintNotificationsConfig(
+                        enabled=False
+                    ),
+                }
+            ],
             "prefix": env("CHANNELS_PREFIX", default="asgi"),
             # Per-channel queue length before group_send drops a message for
             # that channel; sized for bursts of status frames to one socket.
@@ -195,8 +213,10 @@ REST_FRAMEWORK = {
         "payments_create_user": env("PAYMENTS_CREATE_RATE_USER", default="120/min"),
     },
     # Proxies in front of the web process, so throttling sees the client's
-    # address (X-Forwarded-For) rather than the proxy's.
-    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=None),
+    # address (X-Forwarded-For) rather than the proxy's. 0, not DRF's None:
+    # None believes any X-Forwarded-For, and a client that sends its own
+    # gets a fresh per-address allowance with every request.
+    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "payments.exception_handler.api_exception_handler",

