@@ -6,6 +6,7 @@ nobody listens on, which fails the way a stopped Redis does.
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
@@ -238,3 +239,39 @@ def test_payments_are_accepted_while_redis_is_away(api_client, redis_away):
     response = api_client.post("/api/payments/", {"amount": 1000}, format="json")
     assert response.status_code == 202
     assert Payment.objects.count() == 1
+
+
+# Abandoned jobs ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_job_left_running_by_a_dead_worker_is_released(settings):
+    from django.core.management import call_command
+    from django.tasks import TaskResultStatus
+
+    payment = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa"
+    )
+    job = DBTaskResult.objects.get()
+    long_ago = timezone.now() - timedelta(seconds=settings.PAYMENTS_STUCK_AFTER + 1)
+    DBTaskResult.objects.filter(pk=job.pk).update(
+        status=TaskResultStatus.RUNNING, started_at=long_ago
+    )
+    fresh = DBTaskResult.objects.create(
+        args_kwargs={"args": [], "kwargs": {"payment_id": str(payment.pk)}},
+        task_path=PROCESS_TASK,
+        backend_name="default",
+        run_after=timezone.now(),
+        status=TaskResultStatus.RUNNING,
+        started_at=timezone.now(),
+    )
+    out = io.StringIO()
+
+    call_command("reconcile_payments", stdout=out)
+
+    job.refresh_from_db()
+    fresh.refresh_from_db()
+    assert job.status == TaskResultStatus.FAILED
+    assert job.exception_class_path == "payments.recovery.AbandonedTaskError"
+    assert fresh.status == TaskResultStatus.RUNNING
+    assert "1 abandoned jobs released" in out.getvalue()

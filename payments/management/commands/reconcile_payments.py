@@ -8,10 +8,15 @@ from payments.recovery import recover_once
 
 
 class Command(BaseCommand):
-    help = "Re-enqueue stuck payments and re-push undelivered status changes once."
+    help = (
+        "Re-enqueue stuck payments, re-push undelivered status changes and "
+        "release jobs abandoned by dead workers, once."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        recovered, pushed = recover_once()
+        outcome = recover_once()
         self.stdout.write(
-            f"{recovered} stuck payments re-enqueued, {pushed} payments re-pushed"
+            f"{outcome.recovered} stuck payments re-enqueued, "
+            f"{outcome.pushed} payments re-pushed, "
+            f"{outcome.released} abandoned jobs released"
         )
