@@ -1,12 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+
+from payments.apis import AuthTokenApi
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/payments/", include("payments.urls")),
-    path("api/auth/token/", obtain_auth_token, name="auth-token"),
+    path("api/auth/token/", AuthTokenApi.as_view(), name="auth-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
         "api/docs/",

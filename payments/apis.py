@@ -6,15 +6,19 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
-from rest_framework.exceptions import NotFound, ParseError
-from rest_framework.pagination import CursorPagination
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments import idempotency, openapi, selectors, services
+from payments.filters import datetime_in_utc_range
 from payments.models import Payment
 from payments.serializers import (
     PaymentCreateInputSerializer,
@@ -22,7 +26,11 @@ from payments.serializers import (
     PaymentOwnerOutputSerializer,
     SeedPaymentInputSerializer,
 )
-from payments.throttling import PaymentCreateAnonThrottle, PaymentCreateUserThrottle
+from payments.throttling import (
+    AuthTokenThrottle,
+    PaymentCreateAnonThrottle,
+    PaymentCreateUserThrottle,
+)
 
 
 def _request_data(request: Request) -> Any:
@@ -87,10 +95,44 @@ class BasePaymentCreateApi(APIView):
 
 
 class PaymentPagination(CursorPagination):
+    """Cursor pages; a bad page_size or cursor is a 400 naming it, not ignored."""
+
     ordering = "-created_at"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
+    invalid_cursor_message = "Not a cursor from a next or previous link."
+
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param, "")
+        if raw == "":
+            return self.page_size
+        # Digits only (no sign, no spaces, no other scripts' digits), and few
+        # of them: int() of thousands of digits is itself an error.
+        size = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
+        if not 1 <= size <= self.max_page_size:
+            raise ValidationError(
+                {
+                    self.page_size_query_param: [
+                        f"Must be an integer from 1 to {self.max_page_size}."
+                    ]
+                }
+            )
+        return size
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        try:
+            cursor = super().decode_cursor(request)
+            # The position is compared with created_at: it must be a datetime.
+            if cursor is not None and cursor.position is not None:
+                position = parse_datetime(cursor.position)
+                if position is None or not datetime_in_utc_range(position):
+                    raise ValueError(cursor.position)
+        except (NotFound, ValueError):
+            raise ValidationError(
+                {self.cursor_query_param: [self.invalid_cursor_message]}
+            ) from None
+        return cursor
 
 
 class PaymentListCreateApi(BasePaymentCreateApi):
@@ -189,3 +231,17 @@ class PaymentDetailApi(APIView):
             else PaymentOutputSerializer
         )
         return Response(serializer_class(payment).data)
+
+
+class AuthTokenApi(ObtainAuthToken):
+    """Exchange a username and password for a token (``Authorization: Token ...``)."""
+
+    throttle_classes = [AuthTokenThrottle]
+
+    @extend_schema(
+        operation_id="auth_token_create",
+        request=AuthTokenSerializer,
+        responses={200: openapi.AUTH_TOKEN, **openapi.errors(400, 413, 415, 429)},
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().post(request, *args, **kwargs)

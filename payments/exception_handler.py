@@ -35,9 +35,11 @@ def _fields(detail: Any) -> dict[str, list[str]]:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
-        return Response(
-            {"error": {"code": exc.code, "message": message}}, status=exc.status_code
-        )
+        error: dict[str, Any] = {"code": exc.code, "message": message}
+        if exc.code == "validation_error":
+            # The same shape as a serializer's validation errors.
+            error["fields"] = {exc.field or "body": [exc.message]}
+        return Response({"error": error}, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
         # Django's own answer is an HTML 400 page; keep the one JSON shape.
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
@@ -70,6 +72,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = " ".join(_flatten(exc.detail))
         if isinstance(exc, exceptions.ParseError):
             message = f"body: {message}"
+        elif isinstance(exc, exceptions.UnsupportedMediaType):
+            message = f"Content-Type: {message}"
         elif isinstance(
             exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed
         ):

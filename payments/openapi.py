@@ -63,6 +63,12 @@ CLIENT_SECRET_PARAMETERS = [
     ),
 ]
 
+
+def _or_blank(schema: dict) -> dict:
+    """Allow an empty value too: the list takes ``?name=`` as not given."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
 LIST_PARAMETERS = [
     OpenApiParameter(
         "status",
@@ -71,10 +77,22 @@ LIST_PARAMETERS = [
         enum=PaymentStatus.values,
         description="Only these statuses (repeat the parameter for several).",
     ),
-    OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601"),
-    OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="ISO 8601"),
+    OpenApiParameter(
+        "created_after",
+        _or_blank({"type": "string", "format": "date-time"}),
+        description="ISO 8601; payments created at or after it.",
+    ),
+    OpenApiParameter(
+        "created_before",
+        _or_blank({"type": "string", "format": "date-time"}),
+        description="ISO 8601; payments created before it.",
+    ),
     OpenApiParameter("cursor", OpenApiTypes.STR, description="From next/previous."),
-    OpenApiParameter("page_size", OpenApiTypes.INT, description="1-200, default 50"),
+    OpenApiParameter(
+        "page_size",
+        _or_blank({"type": "integer", "minimum": 1, "maximum": 200}),
+        description="1-200, default 50.",
+    ),
 ]
 
 PAYMENT_PAGE = inline_serializer(
@@ -93,3 +111,5 @@ SEED_RESPONSE = inline_serializer(
         "payment": PaymentOwnerOutputSerializer(),
     },
 )
+
+AUTH_TOKEN = inline_serializer("AuthToken", fields={"token": serializers.CharField()})

@@ -31,3 +31,9 @@ class PaymentCreateAnonThrottle(FailOpenMixin, AnonRateThrottle):
 
 class PaymentCreateUserThrottle(FailOpenMixin, UserRateThrottle):
     scope = "payments_create_user"
+
+
+class AuthTokenThrottle(FailOpenMixin, AnonRateThrottle):
+    """Password guesses per client address at the token endpoint."""
+
+    scope = "auth_token"

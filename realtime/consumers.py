@@ -33,16 +33,23 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     """Give each connection a socket id and push payment-status frames to it."""
 
     async def connect(self) -> None:
+        self.closing = False
         self.socket_id = groups.new_socket_id()
         self.joined: set[str] = set()
         self.subscriptions: set[str] = set()
         # payment id → highest version sent, so a change that reaches this
         # socket through two groups (or a snapshot and a live frame) goes once.
         self.sent_versions: dict[str, int] = {}
+        # Bursts big enough for a reconnecting client to subscribe again to
+        # every payment it may follow at once.
         self.bucket = TokenBucket(
-            rate=settings.REALTIME_RATE_LIMIT, burst=2 * settings.REALTIME_RATE_LIMIT
+            rate=settings.REALTIME_RATE_LIMIT,
+            burst=max(
+                2 * settings.REALTIME_RATE_LIMIT, settings.REALTIME_MAX_SUBSCRIPTIONS
+            ),
         )
-        # Frames refused in a row by the rate limit; enough of them closes.
+        # Frames refused by the rate limit since the client last calmed down
+        # (let the bucket fill); a burst's worth of them closes.
         self.refused = 0
         await self._join(groups.socket_group(self.socket_id))
         user = self.scope.get("user")
@@ -54,6 +61,15 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         for group in getattr(self, "joined", ()):
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def close(
+        self, code: int | bool | None = None, reason: str | None = None
+    ) -> None:
+        # Frames queued behind the close (a flood's backlog) and status changes
+        # still on their way go unanswered: a send on a closing socket fails
+        # inside the server.
+        self.closing = True
+        await super().close(code, reason)
 
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -68,6 +84,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
+        if self.closing:
+            return
         size = (
             len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         )
@@ -84,11 +102,15 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
                     f"frame: at most {settings.REALTIME_RATE_LIMIT:g} frames a "
                     "second; slow down or the socket is closed.",
                 )
-            elif self.refused >= self.bucket.burst:
+            elif self.refused >= 2 * settings.REALTIME_RATE_LIMIT:
                 logger.warning("closing a socket that kept flooding (1008)")
                 await self.close(code=POLICY_VIOLATION)
             return
-        self.refused = 0
+        if self.bucket.tokens >= self.bucket.burst - 1:
+            # The bucket was full: the client calmed down, the count starts
+            # over. Not on any frame let through, or a flood that waits for
+            # each refilled token (every 1/rate s) would never be closed.
+            self.refused = 0
         if text_data is None:
             await self.send_error(
                 "binary_not_supported", "frame: send JSON text frames."
@@ -142,21 +164,22 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
                 "subscriptions per socket; unsubscribe first.",
             )
             return
+        user = self.scope.get("user")
+        # Check before joining: a socket that joined the payment's group for
+        # a refused subscribe, even for a moment, could be sent a status
+        # change committed in that moment, and the frame would reach it.
+        if await _payment_snapshot(payment_id, client_secret, user) is None:
+            await self._not_found()
+            return
         # Join before reading: a change committed after the read arrives as a
         # live frame, one committed before it is in the snapshot, and
         # _send_status drops whichever copy comes second.
         group = groups.payment_group(payment_id)
         await self._join(group)
-        snapshot = await _payment_snapshot(
-            payment_id, client_secret, self.scope.get("user")
-        )
-        if snapshot is None:
-            if payment_id not in self.subscriptions:
-                await self._leave(group)
-            await self._not_found()
-            return
         self.subscriptions.add(payment_id)
-        await self._send_status(snapshot)
+        snapshot = await _payment_snapshot(payment_id, client_secret, user)
+        if snapshot is not None:  # it was visible a moment ago and stays so
+            await self._send_status(snapshot)
 
     async def _not_found(self) -> None:
         await self.send_error(
@@ -182,6 +205,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     # Sending --------------------------------------------------------------------
 
     async def _send_status(self, payment: dict[str, Any]) -> None:
+        if self.closing:
+            return
         payment_id, version = str(payment["id"]), int(payment["version"])
         if version <= self.sent_versions.get(payment_id, 0):
             return

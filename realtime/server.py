@@ -7,6 +7,8 @@
 - The largest client message defaults to REALTIME_MAX_FRAME_BYTES (daphne's
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
+- The access log shows ``client_secret=[redacted]``: daphne logs each
+  request's query string, and the polling fallback carries the secret there.
 
 Run it exactly like daphne:
 
@@ -16,7 +18,9 @@ Run it exactly like daphne:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
@@ -30,9 +34,49 @@ GOING_AWAY = 1001
 # the library allows applications.
 SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 CLOSE_TIMEOUT = 5.0
+#: Query parameters whose values never reach the access log.
+SECRET_QUERY_PARAMETERS = frozenset({"client_secret"})
+
+
+def redact_query(path: str) -> str:
+    """Return ``path`` with the values of secret query parameters replaced."""
+    base, question_mark, query = path.partition("?")
+    if not question_mark:
+        return path
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        # Compared decoded, as Django reads it: client%5Fsecret is the same.
+        if equals and unquote_plus(name).strip().lower() in SECRET_QUERY_PARAMETERS:
+            part = f"{name}=[redacted]"
+        parts.append(part)
+    return f"{base}?{'&'.join(parts)}"
+
+
+class RedactingActionLogger:
+    """Wrap daphne's access logger so secrets in query strings are not logged."""
+
+    def __init__(self, inner: Callable[[str, str, dict[str, Any]], None]) -> None:
+        self.inner = inner
+
+    def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        if isinstance(details.get("path"), str):
+            details = {**details, "path": redact_query(details["path"])}
+        self.inner(protocol, action, details)
 
 
 class ServerWebSocketProtocol(WebSocketProtocol):
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        # A frame for a socket whose close is under way (the application
+        # closed it, or SIGTERM's 1001) has nowhere to go: drop it, as daphne
+        # does once the close is done, rather than fail the application.
+        if message.get("type") == "websocket.send" and self.state in (
+            self.STATE_CLOSING,
+            self.STATE_CLOSED,
+        ):
+            return
+        super().handle_reply(message)
+
     def serverClose(self, code: int | None = None) -> None:  # noqa: N802
         if code in SERVER_CLOSE_CODES:
             self.sendCloseFrame(code=code, isReply=False)
@@ -46,6 +90,8 @@ class GracefulServer(Server):
             from django.conf import settings
 
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
+        if kwargs.get("action_logger") is not None:
+            kwargs["action_logger"] = RedactingActionLogger(kwargs["action_logger"])
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:

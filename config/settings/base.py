@@ -211,6 +211,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "payments_create_anon": env("PAYMENTS_CREATE_RATE_ANON", default="60/min"),
         "payments_create_user": env("PAYMENTS_CREATE_RATE_USER", default="120/min"),
+        "auth_token": env("AUTH_TOKEN_RATE", default="10/min"),
     },
     # Proxies in front of the web process, so throttling sees the client's
     # address (X-Forwarded-For) rather than the proxy's. 0, not DRF's None:

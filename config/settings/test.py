@@ -44,6 +44,7 @@ CACHES["default"]["KEY_PREFIX"] = f"test-{os.getpid()}"  # noqa: F405
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {  # noqa: F405
     "payments_create_anon": "100000/min",
     "payments_create_user": "100000/min",
+    "auth_token": "100000/min",
 }
 
 # PAYMENTS
