@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from payments import selectors
 from realtime import groups
@@ -20,6 +22,7 @@ logger = logging.getLogger(__name__)
 # Close codes (RFC 6455 §7.4.1).
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 
 
 @database_sync_to_async
@@ -31,6 +34,17 @@ def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | 
 
 class PaymentConsumer(AsyncJsonWebsocketConsumer):
     """Give each connection a socket id and push payment-status frames to it."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            # The channel layer is gone (Redis restarting): without it this
+            # socket can be pushed nothing, so close it and let the client
+            # reconnect and subscribe; a warning, not a traceback per socket.
+            logger.warning("channel layer unreachable, socket closed (1011): %r", exc)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": INTERNAL_ERROR})
 
     async def connect(self) -> None:
         self.closing = False
