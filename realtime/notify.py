@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import uuid
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from realtime import groups
@@ -15,9 +17,48 @@ from realtime import groups
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "payment.status"
+# Longest a push may take before it counts as failed (and the outbox retries).
+SEND_TIMEOUT = 10.0
 
 #: Pushes made and failed by this process, for logs, tests and benchmarks.
 stats: Counter[str] = Counter()
+
+
+class _SenderLoop:
+    """One event loop, in a daemon thread, for every push from sync code.
+
+    ``async_to_sync`` would make a new loop per call, and channels-redis keeps
+    its connections per loop: every push paid for a new Redis connection
+    (about 3 ms). One long-lived loop keeps them.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, None], timeout: float) -> None:
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._get_loop())
+        try:
+            future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or not self._loop.is_running():
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+                loop.call_soon(started.set)
+                threading.Thread(
+                    target=loop.run_forever, name="realtime-notify", daemon=True
+                ).start()
+                started.wait()
+                self._loop = loop
+            return self._loop
+
+
+_sender = _SenderLoop()
 
 
 def payment_status_changed(
@@ -29,10 +70,10 @@ def payment_status_changed(
 ) -> bool:
     """Send ``data`` (the public payment) as a payment-status frame.
 
-    Called after commit. Return whether the channel layer took the message; a
-    failure is logged and counted, never raised, because the change is
-    already committed: it is pushed again later (the PaymentEvent outbox) and
-    a client catches up by subscribing anyway.
+    Called after commit, from sync code. Return whether the channel layer
+    took the message; a failure is logged and counted, never raised, because
+    the change is already committed: it is pushed again later (the
+    PaymentEvent outbox) and a client catches up by subscribing anyway.
     """
     targets = [groups.payment_group(payment_id)]
     if socket_id:
@@ -41,7 +82,7 @@ def payment_status_changed(
         targets.append(groups.user_group(user_id))
     message = {"type": MESSAGE_TYPE, "payment": data}
     try:
-        async_to_sync(_send)(targets, message)
+        _sender.run(_send(targets, message), SEND_TIMEOUT)
     except Exception as exc:
         stats["failed"] += 1
         logger.warning(
@@ -58,5 +99,4 @@ def payment_status_changed(
 
 async def _send(targets: list[str], message: dict[str, Any]) -> None:
     layer = get_channel_layer()
-    for group in targets:
-        await layer.group_send(group, message)
+    await asyncio.gather(*(layer.group_send(group, message) for group in targets))
