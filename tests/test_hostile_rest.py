@@ -81,6 +81,11 @@ def row(case_id: str, bad: Bad) -> Any:
     return pytest.param(bad, id=case_id)
 
 
+def bad_list_query(name: str, value: str) -> Bad:
+    """A logged-in GET of the list with one bad query parameter."""
+    return invalid(name, method="GET", url=LIST, query={name: value}, as_user=True)
+
+
 ROWS = [
     # Types and bounds ---------------------------------------------------------
     row("amount-exponent", invalid("amount", raw='{"amount": 1e3}')),
@@ -477,176 +482,41 @@ ROWS = [
             headers={"Authorization": "Token a b"},
         ),
     ),
-    row(
-        "list-status-bogus",
-        invalid(
-            "status", method="GET", url=LIST, query={"status": "bogus"}, as_user=True
-        ),
-    ),
-    row(
-        "list-status-upper",
-        invalid(
-            "status", method="GET", url=LIST, query={"status": "PENDING"}, as_user=True
-        ),
-    ),
-    row(
-        "list-status-one-bad-of-two",
-        invalid(
-            "status",
-            method="GET",
-            url=LIST,
-            query={"status": ["pending", "x"]},
-            as_user=True,
-        ),
-    ),
-    row(
-        "list-created-after-notadate",
-        invalid(
-            "created_after",
-            method="GET",
-            url=LIST,
-            query={"created_after": "notadate"},
-            as_user=True,
-        ),
-    ),
+    row("list-status-bogus", bad_list_query("status", "bogus")),
+    row("list-status-upper", bad_list_query("status", "PENDING")),
+    row("list-status-one-bad-of-two", bad_list_query("status", ["pending", "x"])),
+    row("list-created-after-notadate", bad_list_query("created_after", "notadate")),
     row(
         "list-created-before-month-13",
-        invalid(
-            "created_before",
-            method="GET",
-            url=LIST,
-            query={"created_before": "2024-13-01T00:00:00Z"},
-            as_user=True,
-        ),
+        bad_list_query("created_before", "2024-13-01T00:00:00Z"),
     ),
     row(
         "list-created-after-past-datetime-max",
-        invalid(
-            "created_after",
-            method="GET",
-            url=LIST,
-            query={"created_after": "9999-12-31T23:59:59-14:00"},
-            as_user=True,
-        ),
+        bad_list_query("created_after", "9999-12-31T23:59:59-14:00"),
     ),
     row(
         "list-created-before-before-datetime-min",
-        invalid(
-            "created_before",
-            method="GET",
-            url=LIST,
-            query={"created_before": "0001-01-01T00:00:00+14:00"},
-            as_user=True,
-        ),
+        bad_list_query("created_before", "0001-01-01T00:00:00+14:00"),
     ),
-    row(
-        "list-page-size-abc",
-        invalid(
-            "page_size",
-            method="GET",
-            url=LIST,
-            query={"page_size": "abc"},
-            as_user=True,
-        ),
-    ),
-    row(
-        "list-page-size-0",
-        invalid(
-            "page_size", method="GET", url=LIST, query={"page_size": "0"}, as_user=True
-        ),
-    ),
-    row(
-        "list-page-size-100000",
-        invalid(
-            "page_size",
-            method="GET",
-            url=LIST,
-            query={"page_size": "100000"},
-            as_user=True,
-        ),
-    ),
-    row(
-        "list-page-size-negative",
-        invalid(
-            "page_size", method="GET", url=LIST, query={"page_size": "-5"}, as_user=True
-        ),
-    ),
-    row(
-        "list-page-size-fraction",
-        invalid(
-            "page_size",
-            method="GET",
-            url=LIST,
-            query={"page_size": "1.5"},
-            as_user=True,
-        ),
-    ),
-    row(
-        "list-page-size-5000-digits",
-        invalid(
-            "page_size",
-            method="GET",
-            url=LIST,
-            query={"page_size": "9" * 5000},
-            as_user=True,
-        ),
-    ),
+    row("list-page-size-abc", bad_list_query("page_size", "abc")),
+    row("list-page-size-0", bad_list_query("page_size", "0")),
+    row("list-page-size-100000", bad_list_query("page_size", "100000")),
+    row("list-page-size-negative", bad_list_query("page_size", "-5")),
+    row("list-page-size-fraction", bad_list_query("page_size", "1.5")),
+    row("list-page-size-5000-digits", bad_list_query("page_size", "9" * 5000)),
     row(
         "list-cursor-5000-digit-offset",
-        invalid(
-            "cursor",
-            method="GET",
-            url=LIST,
-            query={"cursor": b64("o=" + "9" * 5000)},
-            as_user=True,
-        ),
+        bad_list_query("cursor", b64("o=" + "9" * 5000)),
     ),
-    row(
-        "list-page-size-arabic-digit",
-        invalid(
-            "page_size",
-            method="GET",
-            url=LIST,
-            query={"page_size": "\u0665"},
-            as_user=True,
-        ),
-    ),
-    row(
-        "list-cursor-garbage",
-        invalid(
-            "cursor", method="GET", url=LIST, query={"cursor": "garbage"}, as_user=True
-        ),
-    ),
-    row(
-        "list-cursor-non-ascii",
-        invalid("cursor", method="GET", url=LIST, query={"cursor": "é"}, as_user=True),
-    ),
-    row(
-        "list-cursor-bad-position",
-        invalid(
-            "cursor",
-            method="GET",
-            url=LIST,
-            query={"cursor": b64("p=notadate")},
-            as_user=True,
-        ),
-    ),
+    row("list-page-size-arabic-digit", bad_list_query("page_size", "\u0665")),
+    row("list-cursor-garbage", bad_list_query("cursor", "garbage")),
+    row("list-cursor-non-ascii", bad_list_query("cursor", "é")),
+    row("list-cursor-bad-position", bad_list_query("cursor", b64("p=notadate"))),
     row(
         "list-cursor-position-past-max",
-        invalid(
-            "cursor",
-            method="GET",
-            url=LIST,
-            query={"cursor": b64("p=9999-12-31T23:59:59-14:00")},
-            as_user=True,
-        ),
+        bad_list_query("cursor", b64("p=9999-12-31T23:59:59-14:00")),
     ),
-    row(
-        "list-cursor-bad-reverse",
-        invalid(
-            "cursor", method="GET", url=LIST, query={"cursor": b64("r=x")}, as_user=True
-        ),
-    ),
+    row("list-cursor-bad-reverse", bad_list_query("cursor", b64("r=x"))),
 ]
 
 
