@@ -1,0 +1,1 @@
+"""Benchmarks of the realtime payments service (issue 5); see BENCHMARKS.md."""

