@@ -150,11 +150,14 @@ def main(argv: list[str]) -> int:
     limit = TIME_LIMIT["quick" if args.quick else "full"]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    # SIGTERM stops the suite like Ctrl-C: every process started is stopped.
-    def on_term(signum: int, frame: object) -> None:
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt wherever the suite is (also
+    # in blocking code; asyncio's own SIGINT handling only cancels at the
+    # next await); every process started is stopped on the way out.
+    def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     meta = {
         "machine": machine(),
         "quick": args.quick,

@@ -161,14 +161,22 @@ CHANNEL_LAYERS = {
                 {
                     "address": REDIS_URL,
                     "socket_timeout": 15,
+                    # redis-py's default pool (100) fails at once when empty:
+                    # 10,000 sockets dropping together left 9,801 stale group
+                    # memberships (BENCHMARKS.md).
+                    "max_connections": env.int(
+                        "CHANNELS_MAX_CONNECTIONS", default=1000
+                    ),
                     "maint_notifications_config": MaintNotificationsConfig(
                         enabled=False
                     ),
                 }
             ],
             "prefix": env("CHANNELS_PREFIX", default="asgi"),
-            # Per-channel queue length before group_send drops a message for
-            # that channel; sized for bursts of status frames to one socket.
+            # Queue length per Redis channel key before group_send drops a
+            # message. The sockets of one web process share one key, so this
+            # bounds a burst to all of a process's sockets together, not to
+            # each; messages beyond it are dropped, warned and counted.
             "capacity": env.int("CHANNELS_CAPACITY", default=1000),
             "expiry": 60,
         },
