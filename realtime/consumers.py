@@ -26,6 +26,14 @@ INTERNAL_ERROR = 1011
 
 
 @database_sync_to_async
+def _payment_visible(payment_id: str, client_secret: str, user: Any) -> bool:
+    payment = selectors.payment_get_visible(
+        payment_id=payment_id, client_secret=client_secret, user=user
+    )
+    return payment is not None
+
+
+@database_sync_to_async
 def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | None:
     return selectors.payment_public_data(
         payment_id=payment_id, client_secret=client_secret, user=user
@@ -182,7 +190,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         # Check before joining: a socket that joined the payment's group for
         # a refused subscribe, even for a moment, could be sent a status
         # change committed in that moment, and the frame would reach it.
-        if await _payment_snapshot(payment_id, client_secret, user) is None:
+        if not await _payment_visible(payment_id, client_secret, user):
             await self._not_found()
             return
         # Join before reading: a change committed after the read arrives as a
