@@ -211,7 +211,12 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
 
     async def unsubscribe(self, content: dict[str, Any]) -> None:
         payment_id = content.get("payment_id")
-        if not isinstance(payment_id, str) or payment_id not in self.subscriptions:
+        try:
+            # The same spelling subscribe stored, whatever case the client uses.
+            payment_id = str(uuid.UUID(payment_id))
+        except (TypeError, ValueError, AttributeError):
+            payment_id = None
+        if payment_id not in self.subscriptions:
             await self.send_error(
                 "not_subscribed", "payment_id: this socket does not follow it."
             )

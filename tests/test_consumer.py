@@ -495,7 +495,8 @@ async def test_bound_and_subscribed_socket_gets_each_change_once(
     ]
 
 
-async def test_unsubscribe_stops_delivery(connect: Connect) -> None:
+@pytest.mark.parametrize("spelling", [str, lambda i: str(i).upper(), lambda i: i.hex])
+async def test_unsubscribe_stops_delivery(connect: Connect, spelling) -> None:
     communicator, socket_id = await connect()
     payment = await create_payment()
     await communicator.send_json_to(
@@ -508,7 +509,7 @@ async def test_unsubscribe_stops_delivery(connect: Connect) -> None:
     await expect_status(communicator, payment, "pending", 1)
 
     await communicator.send_json_to(
-        {"action": "unsubscribe", "payment_id": str(payment.id)}
+        {"action": "unsubscribe", "payment_id": spelling(payment.id)}
     )
     # Frames are handled in order: the pong means the unsubscribe is done.
     await expect_still_open(communicator)
