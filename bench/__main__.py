@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run")
     parser.add_argument("--runs", type=int, help="runs per benchmark (default 3)")
     parser.add_argument("--server", choices=SERVERS, default="daphne")
-    parser.add_argument("--layer", choices=sorted(LAYERS), default="core")
+    parser.add_argument("--layer", choices=sorted(LAYERS), default="pubsub")
     parser.add_argument("--workers", type=int, default=1, help="db_workers for e2e")
     parser.add_argument(
         "--db",
@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
         for value, default in (
             (args.db, "sqlite"),
             (args.server, "daphne"),
-            (args.layer, "core"),
+            (args.layer, "pubsub"),
         )
         if value != default
     )

@@ -39,7 +39,7 @@ class Context:
     session: Session
     quick: bool
     server: str = "daphne"
-    layer: str = "core"
+    layer: str = "pubsub"
     workers: int = 1
     profile_dir: Path | None = None
     db: str = "sqlite"

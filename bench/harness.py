@@ -41,7 +41,7 @@ STOP_TIMEOUT = 10.0
 
 LAYERS = {
     "core": "channels_redis.core.RedisChannelLayer",
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "realtime.layers.RedisPubSubChannelLayer",
 }
 SERVERS = ("daphne", "uvicorn")
 
@@ -304,7 +304,7 @@ def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
 @dataclass
 class StackConfig:
     server: str = "daphne"
-    layer: str = "core"
+    layer: str = "pubsub"
     workers: int = 0
     interval: float = 0.1
     simulated_delay: float = 0.0

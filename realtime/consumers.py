@@ -229,6 +229,13 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     async def payment_status(self, event: dict[str, Any]) -> None:
         await self._send_status(event["payment"])
 
+    async def layer_lost(self, event: dict[str, Any]) -> None:
+        # The pub/sub layer lost Redis for a moment (realtime.layers): frames
+        # meant for this socket may be gone. Closing makes the client
+        # reconnect and subscribe, and the snapshot is the truth.
+        logger.info("channel layer subscription lost, socket closed (1011)")
+        await self.close(code=INTERNAL_ERROR)
+
     # Sending --------------------------------------------------------------------
 
     async def _send_status(self, payment: dict[str, Any]) -> None:

@@ -37,6 +37,20 @@ def isolated_channel_layer(settings):
     channel_layers.backends.clear()
 
 
+CORE_LAYER = "channels_redis.core.RedisChannelLayer"
+PUBSUB_LAYER = "realtime.layers.RedisPubSubChannelLayer"
+
+
+@pytest.fixture
+def core_channel_layer(settings, isolated_channel_layer: str) -> str:
+    """Run the test on channels-redis's core layer, CHANNELS_BACKEND's alternative."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS["default"]["BACKEND"] = CORE_LAYER
+    channel_layers.backends.clear()
+    return isolated_channel_layer
+
+
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()

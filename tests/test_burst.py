@@ -61,8 +61,9 @@ async def test_burst_of_500_frames_to_one_socket_arrives_complete_and_in_order()
 
 
 async def test_messages_dropped_for_a_full_socket_are_counted_and_warned(
-    settings, caplog
+    settings, caplog, core_channel_layer
 ):
+    """The core layer's capacity drops (pub/sub has no capacity: it queues)."""
     from channels.layers import channel_layers
 
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["capacity"] = 5

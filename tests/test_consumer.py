@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,6 +23,7 @@ from config.asgi import application
 from payments import services
 from payments.models import Payment
 from realtime import groups, notify
+from tests.conftest import CORE_LAYER, PUBSUB_LAYER
 from tests.factories import PaymentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -85,9 +87,14 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def group_key(prefix: str, group: str) -> str:
-    """Return the Redis key channels-redis keeps a group's members under."""
-    return f"{prefix}:group:{group}"
+async def group_members(redis_client: aioredis.Redis, prefix: str, group: str) -> int:
+    """Count a group's listeners as the configured layer keeps them in Redis."""
+    if settings.CHANNEL_LAYERS["default"]["BACKEND"] == CORE_LAYER:
+        # A sorted set of channel names per group.
+        return await redis_client.zcard(f"{prefix}:group:{group}")
+    # Pub/sub: one subscription per group and web process.
+    [(_, count)] = await redis_client.pubsub_numsub(f"{prefix}__group__{group}")
+    return count
 
 
 def payment_frame_data(*, payment_id: str | None = None, version: int = 1) -> dict:
@@ -170,9 +177,24 @@ async def test_first_frame_is_a_fresh_url_safe_socket_id(connect: Connect) -> No
     assert first != second
 
 
+@pytest.mark.parametrize("backend", [PUBSUB_LAYER, CORE_LAYER], ids=["pubsub", "core"])
 async def test_socket_joins_its_group_and_leaves_it_on_disconnect(
-    isolated_channel_layer: str, redis_client: aioredis.Redis
+    backend: str, settings, isolated_channel_layer: str, redis_client: aioredis.Redis
 ) -> None:
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS["default"]["BACKEND"] = backend
+    channel_layers.backends.clear()
+
+    async def members(group: str) -> int:
+        return await group_members(redis_client, isolated_channel_layer, group)
+
+    async def members_become(group: str, count: int) -> None:
+        # An UNSUBSCRIBE is written, not awaited, by the pub/sub layer.
+        async with asyncio.timeout(TIMEOUT):
+            while await members(group) != count:
+                await asyncio.sleep(0.01)
+
     communicator = WebsocketCommunicator(application, PATH, headers=[ORIGIN])
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected
@@ -186,15 +208,13 @@ async def test_socket_joins_its_group_and_leaves_it_on_disconnect(
         }
     )
     await expect_status(communicator, payment, "pending", 1)
-    socket_key = group_key(isolated_channel_layer, groups.socket_group(socket_id))
-    payment_key = group_key(isolated_channel_layer, groups.payment_group(payment.id))
-    assert await redis_client.zcard(socket_key) == 1
-    assert await redis_client.zcard(payment_key) == 1
+    assert await members(groups.socket_group(socket_id)) == 1
+    assert await members(groups.payment_group(payment.id)) == 1
 
     await communicator.disconnect(timeout=TIMEOUT)
 
-    assert await redis_client.zcard(socket_key) == 0
-    assert await redis_client.zcard(payment_key) == 0
+    await members_become(groups.socket_group(socket_id), 0)
+    await members_become(groups.payment_group(payment.id), 0)
 
 
 @pytest.mark.parametrize(
@@ -225,11 +245,11 @@ async def test_handshake_refused_without_an_allowed_origin(
 
 
 async def test_idle_socket_outlives_the_layers_blocking_receive(
-    connect: Connect,
+    core_channel_layer: str, connect: Connect
 ) -> None:
     """A socket with nothing to receive for a while still works afterwards.
 
-    The consumer waits on Redis with a blocking pop that answers "nothing"
+    The core layer waits on Redis with a blocking pop that answers "nothing"
     after brpop_timeout seconds; a client read timeout no longer than that
     (redis-py 8 defaults to 5 s) crashed every idle consumer.
     """
@@ -465,8 +485,8 @@ async def test_subscribe_refused_joins_nothing(
     await communicator.send_json_to({"action": "subscribe", **frame})
 
     await expect_error(communicator, "payment_not_found")
-    key = group_key(isolated_channel_layer, groups.payment_group(payment.id))
-    assert await redis_client.zcard(key) == 0
+    group = groups.payment_group(payment.id)
+    assert await group_members(redis_client, isolated_channel_layer, group) == 0
     await start_processing(payment_id=payment.id)
     assert await frames_until_fence(communicator, socket_id) == []
 

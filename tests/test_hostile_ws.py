@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from config.asgi import application
 from payments import services
+from payments.models import TERMINAL_STATUSES, Payment
 from realtime import groups, notify
 from tests.factories import PaymentFactory
 from tests.live import LiveStack, database_url, live_stack
@@ -194,6 +195,16 @@ async def create_payment(live: LiveStack, **body: Any) -> dict[str, Any]:
     return response.json()
 
 
+async def settled(payments: list[dict[str, Any]]) -> None:
+    """Wait until the payments are terminal: then no live frame can come."""
+    moving = Payment.objects.filter(pk__in=[p["id"] for p in payments]).exclude(
+        status__in=TERMINAL_STATUSES
+    )
+    async with asyncio.timeout(TIMEOUT):
+        while await moving.aexists():
+            await asyncio.sleep(0.05)
+
+
 async def statuses(ws: ClientConnection, payment_id: str, count: int) -> list[str]:
     received = []
     while len(received) < count:
@@ -319,6 +330,8 @@ async def refused_subscriptions(live: LiveStack) -> None:
 
 async def too_many_subscriptions(live: LiveStack) -> None:
     payments = [await create_payment(live) for _ in range(MAX_SUBSCRIPTIONS + 1)]
+    # Only the answers to subscribes, no live change, must reach the socket.
+    await settled(payments)
     *allowed, extra = payments
 
     def subscribe(payment: dict[str, Any]) -> str:

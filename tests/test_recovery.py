@@ -6,6 +6,7 @@ nobody listens on, which fails the way a stopped Redis does.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import socket
@@ -13,7 +14,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils import timezone
@@ -207,14 +208,18 @@ def test_change_committed_while_redis_is_away_is_kept_and_pushed_later(
     assert any("not pushed" in r.getMessage() for r in caplog.records)
     assert not any(r.exc_info for r in caplog.records)
 
-    # Redis is back: the outbox round pushes it to the payment's group.
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(groups.payment_group(payment.pk), channel)
+    # Redis is back: the outbox round pushes it to the payment's group. (One
+    # loop for listening and pushing: pub/sub layers are per event loop.)
+    async def listen_and_redeliver() -> tuple[int, dict]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(groups.payment_group(payment.pk), channel)
+        pushed = await sync_to_async(services.payment_events_redeliver)()
+        return pushed, await asyncio.wait_for(layer.receive(channel), 5)
 
-    assert services.payment_events_redeliver() == 1
+    pushed, message = async_to_sync(listen_and_redeliver)()
 
-    message = async_to_sync(layer.receive)(channel)
+    assert pushed == 1
     assert message["type"] == "payment.status"
     assert message["payment"]["id"] == str(payment.pk)
     assert message["payment"]["version"] == 2

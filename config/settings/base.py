@@ -141,9 +141,13 @@ CORS_EXPOSE_HEADERS = ("location",)
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        # RedisPubSubChannelLayer is the alternative (see BENCHMARKS.md).
+        # Pub/sub: one Redis command per frame, five times the core layer's
+        # frames per second (BENCHMARKS.md); realtime.layers closes sockets
+        # that may have missed frames while it reconnected. The core layer
+        # (channels_redis.core.RedisChannelLayer) queues instead of dropping
+        # and is the alternative.
         "BACKEND": env(
-            "CHANNELS_BACKEND", default="channels_redis.core.RedisChannelLayer"
+            "CHANNELS_BACKEND", default="realtime.layers.RedisPubSubChannelLayer"
         ),
         "CONFIG": {
             # The layer waits for messages with a blocking pop that Redis
@@ -173,10 +177,11 @@ CHANNEL_LAYERS = {
                 }
             ],
             "prefix": env("CHANNELS_PREFIX", default="asgi"),
-            # Queue length per Redis channel key before group_send drops a
-            # message. The sockets of one web process share one key, so this
-            # bounds a burst to all of a process's sockets together, not to
-            # each; messages beyond it are dropped, warned and counted.
+            # Core layer only (pub/sub queues in the web process and ignores
+            # these): queue length per Redis channel key before group_send
+            # drops a message. The sockets of one web process share one key,
+            # so this bounds a burst to all of a process's sockets together,
+            # not to each; messages beyond it are dropped, warned and counted.
             "capacity": env.int("CHANNELS_CAPACITY", default=1000),
             "expiry": 60,
         },

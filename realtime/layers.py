@@ -1,0 +1,93 @@
+"""The channel layer: channels-redis pub/sub, made to report a lost subscription.
+
+Pub/sub delivers to sockets with one Redis command per message where the
+core layer needs a queue and several round trips (five times the frames per
+second in BENCHMARKS.md), but it buffers nothing: a message published while
+a web process's subscription connection is down reaches nobody. channels-redis
+4.3 logs that loss and reconnects quietly, so a socket would stay open having
+missed frames it can never learn about. Here every socket of the process is
+told instead (a ``layer.lost`` message), and the consumer closes it with 1011,
+as it does on the core layer: the client reconnects and subscribes, and the
+snapshot it gets on subscribe is the truth from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer as _RedisPubSubChannelLayer,
+)
+from channels_redis.pubsub import RedisSingleShardConnection
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+#: The message every local channel gets when the subscription connection drops.
+LOST_MESSAGE_TYPE = "layer.lost"
+
+
+class _LossReportingShard(RedisSingleShardConnection):
+    """channels-redis's shard, with its receive loop telling sockets of a loss."""
+
+    async def _do_receiving(self) -> None:
+        # channels-redis 4.3's loop, with the connection error handled: the
+        # original logs a traceback a second and carries on as if nothing
+        # was missed. redis-py reconnects and subscribes again on the next
+        # read.
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=0.1
+                    )
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except (RedisError, OSError) as exc:
+                told = self._report_loss()
+                logger.warning(
+                    "channel layer subscription lost, %d sockets told: %r", told, exc
+                )
+                await asyncio.sleep(1)
+            except Exception:
+                logger.exception("unexpected error in the channel layer's receive loop")
+                await asyncio.sleep(1)
+
+    async def unsubscribe(self, channel: str) -> None:
+        try:
+            await super().unsubscribe(channel)
+        except (RedisError, OSError):
+            # Redis is away (sockets are closing because of it). Forget the
+            # channel, or redis-py would subscribe it again on reconnecting
+            # and the process would hold a subscription per closed socket.
+            self._subscribed_to.discard(channel)
+            if self._pubsub is not None:
+                self._pubsub.channels.pop(channel.encode(), None)
+                self._pubsub.channels.pop(channel, None)
+
+    def _report_loss(self) -> int:
+        loop_layer: Any = self.channel_layer
+        lost = loop_layer.channel_layer.serialize({"type": LOST_MESSAGE_TYPE})
+        queues = list(loop_layer.channels.values())
+        for queue in queues:
+            queue.put_nowait(lost)
+        return len(queues)
+
+
+class RedisPubSubChannelLayer(_RedisPubSubChannelLayer):
+    """``RedisPubSubChannelLayer`` whose sockets hear when it lost Redis."""
+
+    def _get_layer(self) -> Any:
+        layer = super()._get_layer()
+        # Shards connect lazily, so swapping them before first use is safe.
+        if not getattr(layer, "_reports_loss", False):
+            layer._shards = [
+                _LossReportingShard(shard.host, layer) for shard in layer._shards
+            ]
+            layer._reports_loss = True
+        return layer
