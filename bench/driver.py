@@ -209,7 +209,7 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
     from django.utils import timezone
 
     from payments.models import Payment
-    from payments.serializers import PaymentOutputSerializer
+    from payments.serializers import PaymentOutputSerializer, payment_public_data
     from realtime import notify
 
     now = timezone.now()
@@ -234,6 +234,8 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
         "drf_serialize": _timeit(
             lambda: dict(PaymentOutputSerializer(payment).data), seconds
         ),
+        # What the push path uses instead (payments.serializers).
+        "public_data": _timeit(lambda: payment_public_data(payment), seconds),
         # What AsyncJsonWebsocketConsumer.encode_json does today.
         "json_dumps": _timeit(
             lambda: AsyncJsonWebsocketConsumer.encode_json(frame), seconds

@@ -301,6 +301,13 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
         "",
         None,
     ),
+    (
+        "micro",
+        "{l}.public_data.us_per_call",
+        "payment_public_data (push path) µs ({l})",
+        "",
+        None,
+    ),
     ("micro", "{l}.json_dumps.us_per_call", "json.dumps frame µs ({l})", "", None),
     ("micro", "{l}.orjson_dumps.us_per_call", "orjson.dumps frame µs ({l})", "", None),
     ("micro", "{l}.layer_msgpack.us_per_call", "layer msgpack µs ({l})", "", None),

@@ -56,14 +56,14 @@ def payment_public_data(
     *, payment_id: Any, client_secret: str | None = None, user: Any = None
 ) -> dict[str, Any] | None:
     """Return the payment as a payment-status frame carries it, if visible."""
-    from payments.serializers import PaymentOutputSerializer
+    from payments.serializers import payment_public_data as public_data
 
     payment = payment_get_visible(
         payment_id=payment_id, client_secret=client_secret, user=user
     )
     if payment is None:
         return None
-    return dict(PaymentOutputSerializer(payment).data)
+    return public_data(payment)
 
 
 def payment_list(*, user: Any, filters: Any = None) -> QuerySet[Payment]:

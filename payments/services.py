@@ -21,7 +21,7 @@ from django.utils import timezone
 from payments import tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
-from payments.serializers import PaymentOutputSerializer
+from payments.serializers import payment_public_data
 from realtime import notify
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _notify(payment: Payment, event_ids: list[int]) -> bool:
         payment_id=payment.id,
         socket_id=payment.socket_id,
         user_id=payment.user_id,
-        data=dict(PaymentOutputSerializer(payment).data),
+        data=payment_public_data(payment),
     )
     if sent:
         PaymentEvent.objects.filter(pk__in=event_ids).update(notified_at=timezone.now())
