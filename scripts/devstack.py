@@ -75,7 +75,7 @@ def main() -> int:
 
         processes = [
             child([PY, "-m", "realtime.server", "-b", HOST, "-p", PORT, ASGI_APP]),
-            child([PY, "manage.py", "db_worker", "--no-reload", "--interval", "0.1"]),
+            child([PY, "manage.py", "db_worker", "--no-reload"]),
         ]
         base = f"http://{HOST}:{PORT}"
         login = (

@@ -210,6 +210,8 @@ class LiveStack:
     def __init__(self, *, port: int, env: dict[str, str]) -> None:
         self.port = port
         self.env = env
+        # Seconds between the worker's polls when no wake-up comes.
+        self.worker_interval = "0.05"
         self.redis_url = env["REDIS_URL"]
         self.channels_prefix = env["CHANNELS_PREFIX"]
         self.http_url = f"http://{HOST}:{port}"
@@ -291,7 +293,7 @@ class LiveStack:
                 "db_worker",
                 "--no-reload",
                 "--interval",
-                "0.05",
+                self.worker_interval,
                 "--no-startup-delay",
                 "--worker-id",
                 name,
@@ -338,7 +340,12 @@ class LiveStack:
 
 @contextmanager
 def live_stack(
-    *, database_url: str, redis_url: str, channels_prefix: str, **extra_env: str
+    *,
+    database_url: str,
+    redis_url: str,
+    channels_prefix: str,
+    worker_interval: str = "0.05",
+    **extra_env: str,
 ) -> Iterator[LiveStack]:
     """Run daphne (config.asgi) and db_worker until the block ends."""
     env = process_env(
@@ -350,6 +357,7 @@ def live_stack(
         **extra_env,
     )
     stack = LiveStack(port=free_port(), env=env)
+    stack.worker_interval = worker_interval
     try:
         stack.start_web(wait=False)
         stack.start_worker()

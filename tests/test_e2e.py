@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -26,18 +27,14 @@ ORIGIN = "http://localhost:3000"
 TIMEOUT = 20.0
 
 
-@pytest.fixture
-def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
-    """Start the web and worker processes on the test database and key space.
-
-    Depends on transactional_db so it is torn down (processes stopped) before
-    the tables are flushed under them.
-    """
+@contextmanager
+def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
+    """Run web and worker processes on the test database; check how they ended."""
     with live_stack(
         database_url=database_url(connection.settings_dict),
         redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
-        PAYMENTS_SIMULATED_DELAY="0.3",
+        channels_prefix=channels_prefix,
+        **options,
     ) as stack:
         yield stack
         # Checked before stopping: a process that died during the test is a bug.
@@ -53,6 +50,17 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
     # An error the client never saw (a consumer crash after the last frame, a
     # failed task) still shows in the process's log.
     assert not [p.name for p in stack.processes if "Traceback" in p.output()]
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    """Start the web and worker processes on the test database and key space.
+
+    Depends on transactional_db so it is torn down (processes stopped) before
+    the tables are flushed under them.
+    """
+    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="0.3") as stack:
+        yield stack
 
 
 # Helpers ----------------------------------------------------------------------
@@ -224,3 +232,29 @@ async def test_seed_frontend_route_pushes_the_same_frames(
 
     detail = await get_payment(live, payment)
     assert (detail["status"], detail["version"]) == ("succeeded", 3)
+
+
+async def test_idle_worker_is_woken_by_the_enqueue(
+    transactional_db: None, isolated_channel_layer: str
+) -> None:
+    """The worker polls only every 60 s here, yet the payment settles at once.
+
+    The enqueue's commit publishes a wake-up (payments.wakeup) that the idle
+    worker waits on; without it the frames would come a minute later, long
+    after this test's timeout.
+    """
+    with checked_stack(
+        isolated_channel_layer, worker_interval="60", PAYMENTS_SIMULATED_DELAY="0"
+    ) as live:
+        # Logged once subscribed to wake-ups; it then finds the queue empty.
+        live.worker.wait_for_output("worker_id=")
+        async with open_socket(live) as ws:
+            socket_id = await receive_socket_id(ws)
+            async with http_client(live) as client:
+                response = await client.post(
+                    "/api/payments/", json={"amount": 1000, "socket_id": socket_id}
+                )
+            assert response.status_code == 202, response.text
+            payment = response.json()
+            statuses = await receive_statuses(ws, payment["id"], 2)
+        assert [s["status"] for s in statuses] == ["processing", "succeeded"]

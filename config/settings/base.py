@@ -209,6 +209,9 @@ TASKS = {
         "QUEUES": ["default"],
     },
 }
+# Enqueues are announced here (Redis pub/sub) after commit, so idle
+# db_workers start at once instead of at their next --interval poll.
+TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
 
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------

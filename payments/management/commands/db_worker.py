@@ -1,22 +1,58 @@
-"""django-tasks-db's worker, with the payments recovery loop running beside it.
+"""django-tasks-db's worker, woken by enqueues, with the payments recovery loop.
 
 This app comes before django_tasks_db in INSTALLED_APPS, so this command
 takes the name ``db_worker``; all of the original's options still apply.
 """
 
+from __future__ import annotations
+
+import os
 from typing import Any
 
+from django.core.management.base import CommandError
+from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from payments.recovery import recovery_running
+from payments.worker import WakeableWorker
 
 
 class Command(DBWorkerCommand):
     help = (
-        "Run a database background worker; alongside it, re-enqueue stuck "
+        "Run a database background worker, woken when a job is enqueued "
+        "(--interval is the fallback poll); alongside it, re-enqueue stuck "
         "payments and re-push status changes that were not delivered."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with recovery_running():
-            super().handle(*args, **options)
+            if options["batch"]:
+                # Runs what is queued and exits: nothing to wait for.
+                super().handle(*args, **options)
+                return
+            self._run_wakeable(**options)
+
+    def _run_wakeable(self, **options: Any) -> None:
+        # The original handle() builds its own Worker; this is that, for ours.
+        self.configure_logging(options["verbosity"])
+        queue_names = options["queue_name"].split(",")
+        excluded = [q for q in options["exclude_queues"].split(",") if q]
+        if excluded and "*" not in queue_names:
+            raise CommandError("--exclude-queues can only be used with --queue-name=*")
+        worker = WakeableWorker(
+            queue_names=queue_names,
+            interval=options["interval"],
+            batch=False,
+            backend_name=options["backend_name"],
+            startup_delay=options["startup_delay"],
+            max_tasks=options["max_tasks"],
+            worker_id=options["worker_id"],
+            excluded_queue_names=excluded,
+        )
+        if options["reload"]:
+            if os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
+                worker.configure_signals()  # in the reloaded child only
+            run_with_reloader(worker.run)
+        else:
+            worker.configure_signals()
+            worker.run()

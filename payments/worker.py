@@ -1,0 +1,78 @@
+"""django-tasks-db's worker, woken by enqueues instead of sleeping its interval."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from django.db import close_old_connections
+from django.db.utils import OperationalError
+from django_tasks_db.management.commands.db_worker import Worker, logger
+from django_tasks_db.models import DBTaskResult
+from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
+
+from payments.wakeup import WakeupListener
+
+
+class WakeableWorker(Worker):
+    """Run jobs as django-tasks-db's Worker does; wait for a wake-up when idle.
+
+    ``run`` is django-tasks-db 0.13's loop (requirements pin it) with one
+    change: where the original sleeps ``interval`` after finding no job, this
+    waits on payments.wakeup for at most ``interval``. Polling stays as the
+    fallback, so ``--interval`` bounds the delay when a wake-up is lost.
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.wakeups = WakeupListener()
+
+    def run(self) -> None:
+        # Subscribed before the first look at the queue: a job enqueued
+        # between that look and the first wait still wakes this worker.
+        self.wakeups.subscribe()
+        logger.info(
+            "Starting worker worker_id=%s queues=%s",
+            self.worker_id,
+            ",".join(self.queue_names),
+        )
+        if self.startup_delay and self.interval:
+            # Avoid a thundering herd of workers started together.
+            time.sleep(random.random())  # noqa: S311
+        try:
+            while self.running:
+                close_old_connections()
+                task_result = self._claim()
+                if task_result is not None:
+                    self.run_task(task_result)
+                if self.max_tasks is not None and self._run_tasks >= self.max_tasks:
+                    logger.info(
+                        "Run maximum tasks (%d) on worker=%s - exiting gracefully.",
+                        self._run_tasks,
+                        self.worker_id,
+                    )
+                    return
+                close_old_connections()
+                if self.running and task_result is None:
+                    self.wakeups.wait(self.interval)
+        finally:
+            self.wakeups.close()
+
+    def _claim(self) -> DBTaskResult | None:
+        tasks = DBTaskResult.objects.ready().filter(backend_name=self.backend_name)
+        if not self.process_all_queues:
+            tasks = tasks.filter(queue_name__in=self.queue_names)
+        if self.excluded_queue_names:
+            tasks = tasks.exclude(queue_name__in=self.excluded_queue_names)
+        with exclusive_transaction(tasks.db):
+            try:
+                task_result = tasks.get_locked()
+                if task_result is not None:
+                    # Claimed, so no other worker process runs it.
+                    task_result.claim(self.worker_id)
+                return task_result
+            except OperationalError as exc:
+                # A locked SQLite database unlocks eventually; try again.
+                if is_locked_database_exception(exc):
+                    return None
+                raise
