@@ -368,7 +368,7 @@ class Stack:
     def web_args(self) -> list[str]:
         if self.config.server == "daphne":
             # realtime.server: daphne with the product's graceful stop; its
-            # defaults (ping every 20 s, 30 s timeout, 4 KiB frames) apply.
+            # defaults (ping every 45 s, 60 s timeout, 4 KiB frames) apply.
             return [PY, "-m", "realtime.server", "-b", HOST, "-p", str(self.port)]
         if self.config.server == "uvicorn":
             # uvicorn as deployed ("standard" extras: uvloop, httptools), with
@@ -390,9 +390,9 @@ class Stack:
                 "--ws-max-size",
                 "4096",
                 "--ws-ping-interval",
-                "20",
+                "45",
                 "--ws-ping-timeout",
-                "30",
+                "60",
                 "--lifespan",
                 "off",
                 "--no-access-log",
@@ -403,7 +403,7 @@ class Stack:
 
     def start(self) -> None:
         # BENCH_WEB_ARGS: extra server flags for an experiment, e.g.
-        # "--ping-interval 60" (see BENCHMARKS.md).
+        # "--ping-interval 600" (see BENCHMARKS.md).
         extra = shlex.split(os.environ.get("BENCH_WEB_ARGS", ""))
         self.web = self._spawn("web", [*self.web_args(), *extra, ASGI_APP])
         for i in range(self.config.workers):

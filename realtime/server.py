@@ -7,6 +7,7 @@
 - The largest client message defaults to REALTIME_MAX_FRAME_BYTES (daphne's
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
+- Keepalive pings every 45 s (daphne: 20 s), closing after 60 s unanswered.
 - The access log shows ``client_secret=[redacted]``: daphne logs each
   request's query string, and the polling fallback carries the secret there.
 
@@ -34,6 +35,8 @@ GOING_AWAY = 1001
 # the library allows applications.
 SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 CLOSE_TIMEOUT = 5.0
+PING_INTERVAL = 45
+PING_TIMEOUT = 60
 #: Query parameters whose values never reach the access log.
 SECRET_QUERY_PARAMETERS = frozenset({"client_secret"})
 
@@ -133,7 +136,15 @@ class GracefulCommandLineInterface(CommandLineInterface):
     def __init__(self) -> None:
         super().__init__()
         # None means "from settings" (GracefulServer); the flag still wins.
-        self.parser.set_defaults(websocket_max_message_size=None)
+        # Pings every 45 s, not daphne's 20: a third of an idle server's CPU
+        # at 10,000 sockets went to them (BENCHMARKS.md), and 45 s still
+        # keeps a socket alive behind proxies that drop a connection idle
+        # for 60 s (nginx's and AWS ALB's defaults).
+        self.parser.set_defaults(
+            websocket_max_message_size=None,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
+        )
 
 
 def main() -> None:

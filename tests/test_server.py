@@ -1,0 +1,42 @@
+"""realtime.server's command line: daphne's, with the product's defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from realtime.server import GracefulCommandLineInterface, redact_query
+
+APP = "config.asgi:application"
+
+
+def parse(*flags: str):
+    return GracefulCommandLineInterface().parser.parse_args([*flags, APP])
+
+
+def test_defaults_ping_every_45_s_and_size_from_settings() -> None:
+    args = parse()
+
+    assert (args.ping_interval, args.ping_timeout) == (45, 60)
+    assert args.websocket_max_message_size is None  # REALTIME_MAX_FRAME_BYTES
+
+
+def test_flags_still_win() -> None:
+    args = parse("--ping-interval", "20", "--ping-timeout", "30")
+
+    assert (args.ping_interval, args.ping_timeout) == (20, 30)
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/api/p/1/?client_secret=abc", "/api/p/1/?client_secret=[redacted]"),
+        (
+            "/api/p/1/?a=1&client%5Fsecret=abc",
+            "/api/p/1/?a=1&client%5Fsecret=[redacted]",
+        ),
+        ("/api/p/1/?a=1", "/api/p/1/?a=1"),
+        ("/api/p/1/", "/api/p/1/"),
+    ],
+)
+def test_access_log_redacts_client_secret(path: str, logged: str) -> None:
+    assert redact_query(path) == logged
