@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 import time
 
-from django.db import close_old_connections
+from django.conf import settings
+from django.db import close_old_connections, connections
 from django.db.utils import OperationalError
 from django_tasks_db.management.commands.db_worker import Worker, logger
 from django_tasks_db.models import DBTaskResult
@@ -26,6 +27,16 @@ class WakeableWorker(Worker):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.wakeups = WakeupListener()
+        # One thread running one job after another can keep its database
+        # connection between jobs (the ASGI web process should not, Django
+        # advises). Without this the loop's close_old_connections closes and
+        # reopens it around every job.
+        for connection in connections.all():
+            max_age = connection.settings_dict.get("CONN_MAX_AGE", 0)
+            if max_age is not None and max_age < settings.TASKS_WORKER_CONN_MAX_AGE:
+                connection.settings_dict["CONN_MAX_AGE"] = (
+                    settings.TASKS_WORKER_CONN_MAX_AGE
+                )
 
     def run(self) -> None:
         # Subscribed before the first look at the queue: a job enqueued

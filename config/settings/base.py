@@ -212,6 +212,8 @@ TASKS = {
 # Enqueues are announced here (Redis pub/sub) after commit, so idle
 # db_workers start at once instead of at their next --interval poll.
 TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
+# Seconds a db_worker keeps its database connection between jobs.
+TASKS_WORKER_CONN_MAX_AGE = env.int("TASKS_WORKER_CONN_MAX_AGE", default=60)
 
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------
