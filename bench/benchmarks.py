@@ -1019,7 +1019,9 @@ def summarize(proc: subprocess.Popen, raw: Path, top: int = 20) -> dict[str, Any
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack:
+        # A frame name can span lines (py-spy prints some code objects'
+        # names verbatim): skip the pieces that are not "stack count".
+        if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         thread, *frames = stack.split(";")

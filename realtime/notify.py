@@ -81,8 +81,12 @@ def payment_status_changed(
     if user_id is not None:
         targets.append(groups.user_group(user_id))
     message = {"type": MESSAGE_TYPE, "payment": data}
+    layer = get_channel_layer()
     try:
-        _sender.run(_send(targets, message), SEND_TIMEOUT)
+        if getattr(layer, "can_send_sync", False):  # realtime.layers (pub/sub)
+            layer.group_send_many_sync(targets, message)
+        else:
+            _sender.run(_send(targets, message), SEND_TIMEOUT)
     except Exception as exc:
         stats["failed"] += 1
         logger.warning(
