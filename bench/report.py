@@ -89,6 +89,27 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
     ),
     ("e2e", "{i}.idle_worker_cpu_percent", "idle worker CPU %, {i}", "", None),
     (
+        "e2e",
+        "offered_{r}.payments_per_second",
+        "e2e payments/s done, {r}/s offered (open loop)",
+        "≥ 300",
+        lambda v, r: v >= 300 if r == "300" else None,
+    ),
+    (
+        "e2e",
+        "offered_{r}.latency_ms.p50",
+        "e2e p50 ms, {r}/s offered",
+        "",
+        None,
+    ),
+    (
+        "e2e",
+        "offered_{r}.latency_ms.p99",
+        "e2e p99 ms, {r}/s offered",
+        "≤ 100 at 300/s",
+        lambda v, r: v <= 100 if r == "300" else None,
+    ),
+    (
         "capacity",
         "{n}.bytes_per_socket",
         "web RSS bytes/socket, {n} idle sockets",
@@ -357,6 +378,7 @@ def _order(key: str) -> list[Any]:
     out: list[Any] = []
     for part in key.split("."):
         number = part.removeprefix("interval_").removesuffix("ms")
+        number = number.removeprefix("offered_")
         try:
             out.append(
                 (0, -float(number) if part.startswith("interval_") else float(number))
