@@ -761,7 +761,7 @@ async def bench_polling(ctx: Context) -> dict[str, Any]:
     delay = ctx.pick(2.0, 10.0)
     out: dict[str, Any] = {"config": ctx.config().label(), "delay_seconds": delay}
     for mode in ("polling", "push"):
-        config = ctx.config(workers=1, interval=0.1, simulated_delay=delay)
+        config = ctx.config(workers=1, interval=1.0, simulated_delay=delay)
         with Stack(ctx.session, config) as stack:
             out[mode] = await follow(stack, mode=mode, clients=clients)
             stack.check_alive()
@@ -953,7 +953,7 @@ async def bench_profile(ctx: Context) -> dict[str, Any]:
     ctx.profile_dir.mkdir(parents=True, exist_ok=True)
     seconds = ctx.pick(4, 10)
     out: dict[str, Any] = {}
-    config = ctx.config(workers=1, interval=0.1)
+    config = ctx.config(workers=1, interval=1.0)
     with Stack(ctx.session, config) as stack:
         assert stack.web is not None
         spies = [

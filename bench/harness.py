@@ -306,7 +306,7 @@ class StackConfig:
     server: str = "daphne"
     layer: str = "pubsub"
     workers: int = 0
-    interval: float = 0.1
+    interval: float = 1.0  # db_worker's default; wake-ups make it a fallback
     simulated_delay: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
 

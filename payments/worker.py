@@ -7,9 +7,12 @@ import time
 
 from django.conf import settings
 from django.db import close_old_connections, connections
+from django.db.models import QuerySet
 from django.db.utils import OperationalError
+from django.tasks import TaskResultStatus
+from django.utils import timezone
 from django_tasks_db.management.commands.db_worker import Worker, logger
-from django_tasks_db.models import DBTaskResult
+from django_tasks_db.models import DBTaskResult, get_date_max
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
 from payments.wakeup import WakeupListener
@@ -20,8 +23,9 @@ class WakeableWorker(Worker):
 
     ``run`` is django-tasks-db 0.13's loop (requirements pin it) with one
     change: where the original sleeps ``interval`` after finding no job, this
-    waits on payments.wakeup for at most ``interval``. Polling stays as the
-    fallback, so ``--interval`` bounds the delay when a wake-up is lost.
+    waits on payments.wakeup until the next deferred job is due, at most
+    ``interval``. Polling stays as the fallback, so ``--interval`` bounds the
+    delay when a wake-up is lost.
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -65,16 +69,40 @@ class WakeableWorker(Worker):
                     return
                 close_old_connections()
                 if self.running and task_result is None:
-                    self.wakeups.wait(self.interval)
+                    self.wakeups.wait(self._idle_timeout())
         finally:
             self.wakeups.close()
 
-    def _claim(self) -> DBTaskResult | None:
-        tasks = DBTaskResult.objects.ready().filter(backend_name=self.backend_name)
+    def _tasks(self) -> QuerySet[DBTaskResult]:
+        tasks = DBTaskResult.objects.filter(backend_name=self.backend_name)
         if not self.process_all_queues:
             tasks = tasks.filter(queue_name__in=self.queue_names)
         if self.excluded_queue_names:
             tasks = tasks.exclude(queue_name__in=self.excluded_queue_names)
+        return tasks
+
+    def _idle_timeout(self) -> float:
+        """Wait until the next deferred job is due, at most ``interval``.
+
+        Deferred jobs (the gateway's later look at a charge) wake nobody when
+        enqueued, so the worker keeps their time itself instead of finding
+        them up to an interval late.
+        """
+        now = timezone.now()
+        due = (
+            self._tasks()
+            .filter(status=TaskResultStatus.READY, run_after__gt=now)
+            .exclude(run_after=get_date_max())
+            .order_by("run_after")
+            .values_list("run_after", flat=True)
+            .first()
+        )
+        if due is None:
+            return self.interval
+        return min(self.interval, max(0.0, (due - now).total_seconds()))
+
+    def _claim(self) -> DBTaskResult | None:
+        tasks = self._tasks().ready()
         with exclusive_transaction(tasks.db):
             try:
                 task_result = tasks.get_locked()

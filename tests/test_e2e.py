@@ -258,3 +258,27 @@ async def test_idle_worker_is_woken_by_the_enqueue(
             payment = response.json()
             statuses = await receive_statuses(ws, payment["id"], 2)
         assert [s["status"] for s in statuses] == ["processing", "succeeded"]
+
+
+async def test_deferred_job_runs_when_due_not_at_the_next_poll(
+    transactional_db: None, isolated_channel_layer: str
+) -> None:
+    """The gateway settles after 0.5 s; the worker polls only every 60 s.
+
+    The outcome is a deferred job, which no wake-up announces: the worker
+    waits until the earliest deferred job is due instead of a whole interval.
+    """
+    with checked_stack(
+        isolated_channel_layer, worker_interval="60", PAYMENTS_SIMULATED_DELAY="0.5"
+    ) as live:
+        live.worker.wait_for_output("worker_id=")
+        async with open_socket(live) as ws:
+            socket_id = await receive_socket_id(ws)
+            async with http_client(live) as client:
+                response = await client.post(
+                    "/api/payments/", json={"amount": 1000, "socket_id": socket_id}
+                )
+            assert response.status_code == 202, response.text
+            payment = response.json()
+            statuses = await receive_statuses(ws, payment["id"], 2)
+        assert [s["status"] for s in statuses] == ["processing", "succeeded"]
