@@ -116,7 +116,13 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
         "≤ 40960 at 10000",
         lambda v, n: v <= 40960 if n == "10000" else None,
     ),
-    ("capacity", "{n}.open_seconds", "seconds to open {n} sockets", "", None),
+    (
+        "capacity",
+        "{n}.open_seconds",
+        "seconds to open the sockets from the previous level to {n}",
+        "",
+        None,
+    ),
     (
         "capacity",
         "{n}.idle_cpu_percent",
