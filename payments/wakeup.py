@@ -16,7 +16,6 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db import router, transaction
-from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 logger = logging.getLogger(__name__)
@@ -48,10 +47,11 @@ def wake_workers() -> bool:
 
 
 def on_task_enqueued(sender: Any, task_result: Any, **kwargs: Any) -> None:
-    """Wake the workers once the job's transaction commits (task_enqueued)."""
-    run_after = task_result.task.run_after
-    if run_after is not None and run_after > timezone.now():
-        return  # deferred: no worker may run it yet
+    """Wake the workers once the job's transaction commits (task_enqueued).
+
+    Deferred jobs too: an idle worker then looks again at when the next
+    deferred job is due and waits until then, not a whole interval.
+    """
     transaction.on_commit(wake_workers, using=router.db_for_write(DBTaskResult))
 
 

@@ -32,15 +32,13 @@ class WakeableWorker(Worker):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.wakeups = WakeupListener()
         # One thread running one job after another can keep its database
-        # connection between jobs (the ASGI web process should not, Django
-        # advises). Without this the loop's close_old_connections closes and
-        # reopens it around every job.
+        # connection between jobs; the web process's CONN_MAX_AGE is 0, as
+        # Django advises under ASGI, and with it the loop's
+        # close_old_connections would close and reopen it around every job.
         for connection in connections.all():
-            max_age = connection.settings_dict.get("CONN_MAX_AGE", 0)
-            if max_age is not None and max_age < settings.TASKS_WORKER_CONN_MAX_AGE:
-                connection.settings_dict["CONN_MAX_AGE"] = (
-                    settings.TASKS_WORKER_CONN_MAX_AGE
-                )
+            connection.settings_dict["CONN_MAX_AGE"] = (
+                settings.TASKS_WORKER_CONN_MAX_AGE
+            )
 
     def run(self) -> None:
         # Subscribed before the first look at the queue: a job enqueued

@@ -58,6 +58,12 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer unreachable, socket closed (1011): %r", exc)
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": INTERNAL_ERROR})
+            # Channels calls no disconnect() after a crash: leave the groups
+            # here, or the pub/sub layer would keep them (and their Redis
+            # subscriptions) for the life of the process.
+            for group in getattr(self, "joined", ()):
+                with contextlib.suppress(Exception):
+                    await self.channel_layer.group_discard(group, self.channel_name)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         if message["type"] in _NO_DATABASE:
@@ -108,8 +114,9 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         await super().close(code, reason)
 
     async def _join(self, group: str) -> None:
-        await self.channel_layer.group_add(group, self.channel_name)
+        # Recorded first: a join that fails half-way is left again on close.
         self.joined.add(group)
+        await self.channel_layer.group_add(group, self.channel_name)
 
     async def _leave(self, group: str) -> None:
         await self.channel_layer.group_discard(group, self.channel_name)
@@ -209,7 +216,10 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             return
         # Join before reading: a change committed after the read arrives as a
         # live frame, one committed before it is in the snapshot, and
-        # _send_status drops whichever copy comes second.
+        # _send_status drops whichever copy comes second. (On the pub/sub
+        # layer the join is a SUBSCRIBE written before the read; Redis runs
+        # it first unless the packet itself is delayed past the worker's
+        # PUBLISH, which a loopback or LAN link does not do.)
         group = groups.payment_group(payment_id)
         await self._join(group)
         self.subscriptions.add(payment_id)
@@ -247,7 +257,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         # The pub/sub layer lost Redis for a moment (realtime.layers): frames
         # meant for this socket may be gone. Closing makes the client
         # reconnect and subscribe, and the snapshot is the truth.
-        logger.info("channel layer subscription lost, socket closed (1011)")
+        logger.debug("channel layer subscription lost, socket closed (1011)")
         await self.close(code=INTERNAL_ERROR)
 
     # Sending --------------------------------------------------------------------

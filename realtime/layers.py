@@ -1,7 +1,7 @@
 """The channel layer: channels-redis pub/sub, made to report a lost subscription.
 
 Pub/sub delivers to sockets with one Redis command per message where the
-core layer needs a queue and several round trips (five times the frames per
+core layer needs a queue and several round trips (seven times the frames per
 second in BENCHMARKS.md), but it buffers nothing: a message published while
 a web process's subscription connection is down reaches nobody. channels-redis
 4.3 logs that loss and reconnects quietly, so a socket would stay open having
@@ -25,7 +25,9 @@ from channels_redis.pubsub import (
 )
 from channels_redis.pubsub import RedisSingleShardConnection
 from channels_redis.utils import _consistent_hash, decode_hosts
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +54,31 @@ class _LossReportingShard(RedisSingleShardConnection):
                     await asyncio.sleep(0.1)
             except (TimeoutError, asyncio.CancelledError, GeneratorExit):
                 raise
-            except (RedisError, OSError) as exc:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 told = self._report_loss()
                 logger.warning(
                     "channel layer subscription lost, %d sockets told: %r", told, exc
                 )
                 await asyncio.sleep(1)
             except Exception:
-                logger.exception("unexpected error in the channel layer's receive loop")
+                # Whatever it was, frames may have been missed: tell them too.
+                told = self._report_loss()
+                logger.exception(
+                    "unexpected error in the channel layer's receive loop, "
+                    "%d sockets told",
+                    told,
+                )
                 await asyncio.sleep(1)
+
+    async def subscribe(self, channel: str) -> None:
+        try:
+            await super().subscribe(channel)
+        except (RedisError, OSError):
+            # channels-redis makes a channel's queue before subscribing it; a
+            # socket refused for want of Redis must not leave it behind (nor
+            # be told of losses forever after).
+            self.channel_layer.channels.pop(channel, None)
+            raise
 
     async def unsubscribe(self, channel: str) -> None:
         try:

@@ -13,11 +13,14 @@ from typing import Any
 from channels.layers import get_channel_layer
 
 from realtime import groups
+from realtime.layers import RedisPubSubChannelLayer
 
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "payment.status"
-# Longest a push may take before it counts as failed (and the outbox retries).
+# Longest a push through the sender loop (core layer) may take before it
+# counts as failed and the outbox retries; the pub/sub layer's sync send is
+# bounded by the Redis host's socket timeouts (config/settings).
 SEND_TIMEOUT = 10.0
 
 #: Pushes made and failed by this process, for logs, tests and benchmarks.
@@ -83,7 +86,7 @@ def payment_status_changed(
     message = {"type": MESSAGE_TYPE, "payment": data}
     layer = get_channel_layer()
     try:
-        if getattr(layer, "can_send_sync", False):  # realtime.layers (pub/sub)
+        if isinstance(layer, RedisPubSubChannelLayer) and layer.can_send_sync:
             layer.group_send_many_sync(targets, message)
         else:
             _sender.run(_send(targets, message), SEND_TIMEOUT)

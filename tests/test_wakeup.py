@@ -73,12 +73,12 @@ def test_rolled_back_enqueue_wakes_nobody(listener, own_channel) -> None:
     assert next_message(listener, TIMEOUT)["data"] == b"marker"
 
 
-def test_deferred_job_wakes_nobody(listener, own_channel) -> None:
+def test_deferred_job_wakes_workers_to_time_their_wait(listener) -> None:
     later = timezone.now() + timedelta(minutes=5)
     tasks.refresh_payment.using(run_after=later).enqueue(payment_id=str(uuid.uuid4()))
 
-    wakeup._redis().publish(own_channel, b"marker")
-    assert next_message(listener, TIMEOUT)["data"] == b"marker"
+    # Idle workers then wait until it is due instead of a whole interval.
+    assert next_message(listener, TIMEOUT) is not None
 
 
 def test_listener_returns_on_a_wake_up_before_its_timeout() -> None:

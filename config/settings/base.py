@@ -38,7 +38,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
+    # 0 for the web process, as Django advises under ASGI: it runs each
+    # request's sync code in a thread of its own, and a kept connection per
+    # such thread exhausted PostgreSQL's connection slots under load. The
+    # worker keeps its connection (TASKS_WORKER_CONN_MAX_AGE).
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 # URLS
@@ -141,11 +145,11 @@ CORS_EXPOSE_HEADERS = ("location",)
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
-        # Pub/sub: one Redis command per frame, five times the core layer's
+        # Pub/sub: one Redis command per frame, seven times the core layer's
         # frames per second (BENCHMARKS.md); realtime.layers closes sockets
         # that may have missed frames while it reconnected. The core layer
-        # (channels_redis.core.RedisChannelLayer) queues instead of dropping
-        # and is the alternative.
+        # (channels_redis.core.RedisChannelLayer), which queues messages in
+        # Redis, is the alternative.
         "BACKEND": env(
             "CHANNELS_BACKEND", default="realtime.layers.RedisPubSubChannelLayer"
         ),
@@ -165,6 +169,8 @@ CHANNEL_LAYERS = {
                 {
                     "address": REDIS_URL,
                     "socket_timeout": 15,
+                    # Without it redis-py waits socket_timeout to connect too.
+                    "socket_connect_timeout": 5,
                     # redis-py's default pool (100) fails at once when empty:
                     # 10,000 sockets dropping together left 9,801 stale group
                     # memberships (BENCHMARKS.md).
@@ -212,7 +218,8 @@ TASKS = {
 # Enqueues are announced here (Redis pub/sub) after commit, so idle
 # db_workers start at once instead of at their next --interval poll.
 TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
-# Seconds a db_worker keeps its database connection between jobs.
+# Seconds a db_worker keeps its database connection between jobs (it is
+# one thread running job after job, unlike the ASGI web process).
 TASKS_WORKER_CONN_MAX_AGE = env.int("TASKS_WORKER_CONN_MAX_AGE", default=60)
 
 # REST FRAMEWORK
