@@ -234,43 +234,30 @@ async def test_seed_frontend_route_pushes_the_same_frames(
     assert (detail["status"], detail["version"]) == ("succeeded", 3)
 
 
-async def test_idle_worker_is_woken_by_the_enqueue(
-    transactional_db: None, isolated_channel_layer: str
+@pytest.mark.parametrize(
+    "gateway_delay",
+    [
+        pytest.param("0", id="enqueue-wakes-the-worker"),
+        pytest.param("0.5", id="deferred-outcome-runs-when-due"),
+    ],
+)
+async def test_idle_worker_starts_jobs_without_waiting_for_its_poll(
+    gateway_delay: str, transactional_db: None, isolated_channel_layer: str
 ) -> None:
     """The worker polls only every 60 s here, yet the payment settles at once.
 
     The enqueue's commit publishes a wake-up (payments.wakeup) that the idle
-    worker waits on; without it the frames would come a minute later, long
-    after this test's timeout.
+    worker waits on; a deferred job (the outcome, 0.5 s after the charge)
+    runs when due, as the worker waits only until the earliest one is.
+    Without them the frames would come a minute later, long after this
+    test's timeout.
     """
     with checked_stack(
-        isolated_channel_layer, worker_interval="60", PAYMENTS_SIMULATED_DELAY="0"
+        isolated_channel_layer,
+        worker_interval="60",
+        PAYMENTS_SIMULATED_DELAY=gateway_delay,
     ) as live:
         # Logged once subscribed to wake-ups; it then finds the queue empty.
-        live.worker.wait_for_output("worker_id=")
-        async with open_socket(live) as ws:
-            socket_id = await receive_socket_id(ws)
-            async with http_client(live) as client:
-                response = await client.post(
-                    "/api/payments/", json={"amount": 1000, "socket_id": socket_id}
-                )
-            assert response.status_code == 202, response.text
-            payment = response.json()
-            statuses = await receive_statuses(ws, payment["id"], 2)
-        assert [s["status"] for s in statuses] == ["processing", "succeeded"]
-
-
-async def test_deferred_job_runs_when_due_not_at_the_next_poll(
-    transactional_db: None, isolated_channel_layer: str
-) -> None:
-    """The gateway settles after 0.5 s; the worker polls only every 60 s.
-
-    The outcome is a deferred job, which no wake-up announces: the worker
-    waits until the earliest deferred job is due instead of a whole interval.
-    """
-    with checked_stack(
-        isolated_channel_layer, worker_interval="60", PAYMENTS_SIMULATED_DELAY="0.5"
-    ) as live:
         live.worker.wait_for_output("worker_id=")
         async with open_socket(live) as ws:
             socket_id = await receive_socket_id(ws)
