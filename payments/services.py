@@ -93,7 +93,9 @@ def _payment_transition(
 ) -> Payment | None:
     if to_status not in TRANSITIONS[from_status]:
         raise InvalidTransitionError(f"{from_status} → {to_status} is not allowed")
-    with transaction.atomic():
+    # No savepoint when nested (a gateway call's record around it): a lost
+    # race returns without raising, so there is nothing to roll back to.
+    with transaction.atomic(savepoint=False):
         updated = Payment.objects.filter(pk=payment_id, status=from_status).update(
             status=to_status,
             version=F("version") + 1,
@@ -186,8 +188,10 @@ def payment_process(*, payment_id: uuid.UUID | str) -> None:
         if payment is None or payment.status != PaymentStatus.PROCESSING:
             return
     gateway = get_gateway()
-    result = _gateway_call(payment, "charge", lambda: gateway.charge(payment=payment))
-    _payment_apply_result(payment, result)
+    result, call = _gateway_call(
+        payment, "charge", lambda: gateway.charge(payment=payment)
+    )
+    _payment_apply_result(payment, result, call)
 
 
 def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
@@ -196,17 +200,19 @@ def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
     if payment is None or payment.status != PaymentStatus.PROCESSING:
         return
     gateway = get_gateway()
-    result = _gateway_call(
+    result, call = _gateway_call(
         payment, "retrieve", lambda: gateway.retrieve(payment=payment)
     )
-    _payment_apply_result(payment, result)
+    _payment_apply_result(payment, result, call)
 
 
-def _gateway_call(payment: Payment, operation: str, call: Any) -> GatewayResult:
-    """Make one gateway call and record it as a GatewayCall row."""
+def _gateway_call(
+    payment: Payment, operation: str, call: Any
+) -> tuple[GatewayResult, GatewayCall]:
+    """Make one gateway call; return its result and its (unsaved) record."""
     started = time.perf_counter()
     result: GatewayResult = call()
-    GatewayCall.objects.create(
+    record = GatewayCall(
         payment=payment,
         gateway=get_gateway().name,
         operation=operation,
@@ -219,23 +225,30 @@ def _gateway_call(payment: Payment, operation: str, call: Any) -> GatewayResult:
         },
         duration_ms=int((time.perf_counter() - started) * 1000),
     )
-    return result
+    return result, record
 
 
-def _payment_apply_result(payment: Payment, result: GatewayResult) -> None:
-    if result.outcome == Outcome.SUCCEEDED:
-        payment_mark_succeeded(payment_id=payment.id, detail=result.data)
-    elif result.outcome == Outcome.FAILED:
-        payment_mark_failed(
-            payment_id=payment.id,
-            failure_code=result.failure_code,
-            failure_message=result.failure_message,
-            detail=result.data,
-        )
-    else:
-        # Not settled yet: ask again later in a deferred job, so no worker
-        # sits waiting for the provider.
-        with transaction.atomic():
+def _payment_apply_result(
+    payment: Payment, result: GatewayResult, call: GatewayCall
+) -> None:
+    # The call's record commits with what it decided: one write transaction
+    # (on SQLite, one turn at the single write lock) fewer per gateway call.
+    # A job that dies before the commit repeats the call, which is
+    # idempotent, and records it then.
+    with transaction.atomic():
+        call.save()
+        if result.outcome == Outcome.SUCCEEDED:
+            payment_mark_succeeded(payment_id=payment.id, detail=result.data)
+        elif result.outcome == Outcome.FAILED:
+            payment_mark_failed(
+                payment_id=payment.id,
+                failure_code=result.failure_code,
+                failure_message=result.failure_message,
+                detail=result.data,
+            )
+        else:
+            # Not settled yet: ask again later in a deferred job, so no worker
+            # sits waiting for the provider.
             Payment.objects.filter(pk=payment.id).update(
                 recheck_at=_stuck_deadline(result.retry_after)
             )
