@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import signal
 import time
+from types import FrameType
 
 from django.conf import settings
 from django.db import close_old_connections, connections
@@ -31,6 +33,9 @@ class WakeableWorker(Worker):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.wakeups = WakeupListener()
+        self._waiting = False
+
+    def run(self) -> None:
         # One thread running one job after another can keep its database
         # connection between jobs; the web process's CONN_MAX_AGE is 0, as
         # Django advises under ASGI, and with it the loop's
@@ -39,8 +44,6 @@ class WakeableWorker(Worker):
             connection.settings_dict["CONN_MAX_AGE"] = (
                 settings.TASKS_WORKER_CONN_MAX_AGE
             )
-
-    def run(self) -> None:
         # Subscribed before the first look at the queue: a job enqueued
         # between that look and the first wait still wakes this worker.
         self.wakeups.subscribe()
@@ -67,9 +70,29 @@ class WakeableWorker(Worker):
                     return
                 close_old_connections()
                 if self.running and task_result is None:
-                    self.wakeups.wait(self._idle_timeout())
+                    timeout = self._idle_timeout()
+                    self._waiting = True
+                    try:
+                        if self.running:
+                            self.wakeups.wait(timeout)
+                    finally:
+                        self._waiting = False
         finally:
             self.wakeups.close()
+
+    def shutdown(self, signum: int, frame: FrameType | None) -> None:
+        if self.running and not self.running_task and not self._waiting:
+            # Between jobs but inside a database call (claiming a job, timing
+            # the wait). The original exits right here, mid-transaction: a
+            # traceback, and a job claimed but never run until recovery.
+            # Finish the call instead (and run the job it claimed), then stop.
+            logger.warning(
+                "Received %s - shutting down after the current step...",
+                signal.strsignal(signum),
+            )
+            self.running = False
+            return
+        super().shutdown(signum, frame)
 
     def _tasks(self) -> QuerySet[DBTaskResult]:
         tasks = DBTaskResult.objects.filter(backend_name=self.backend_name)
