@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -43,9 +44,14 @@ def listener(own_channel: str) -> Iterator[redis.client.PubSub]:
 
 
 def next_message(pubsub: redis.client.PubSub, timeout: float) -> dict | None:
-    deadline = timezone.now() + timedelta(seconds=timeout)
-    while timezone.now() < deadline:
-        message = pubsub.get_message(timeout=timeout)
+    """The next published message within ``timeout`` seconds, or None.
+
+    get_message returns None early when what it read was the subscribe
+    confirmation, so wait again for whatever is left of the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
         if message is not None:
             return message
     return None
