@@ -149,3 +149,10 @@ def payment_public_data(payment: Payment) -> dict[str, Any]:
         "updated_at": _datetime.to_representation(payment.updated_at),
         "version": payment.version,
     }
+
+
+def payment_owner_data(payment: Payment) -> dict[str, Any]:
+    """Return what PaymentOwnerOutputSerializer would: public data and secret."""
+    data = payment_public_data(payment)
+    data["client_secret"] = payment.client_secret
+    return data

@@ -1,4 +1,4 @@
-"""The hand-built frame payload matches the API's serializer exactly."""
+"""The hand-built payloads (frames, API responses) match the serializers exactly."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from datetime import UTC, datetime
 import pytest
 
 from payments.models import PaymentStatus
-from payments.serializers import PaymentOutputSerializer, payment_public_data
+from payments.serializers import (
+    PaymentOutputSerializer,
+    PaymentOwnerOutputSerializer,
+    payment_owner_data,
+    payment_public_data,
+)
 from tests.factories import PaymentFactory
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.mark.parametrize(
+CASES = pytest.mark.parametrize(
     "fields",
     [
         pytest.param({}, id="pending"),
@@ -37,6 +42,9 @@ pytestmark = pytest.mark.django_db
         ),
     ],
 )
+
+
+@CASES
 def test_public_data_equals_the_output_serializer(fields: dict) -> None:
     payment = PaymentFactory()
     payment.refresh_from_db()
@@ -48,4 +56,19 @@ def test_public_data_equals_the_output_serializer(fields: dict) -> None:
 
     assert data == expected
     assert list(data) == PaymentOutputSerializer.Meta.fields
+    assert json.dumps(data) == json.dumps(expected)
+
+
+@CASES
+def test_owner_data_equals_the_owner_output_serializer(fields: dict) -> None:
+    payment = PaymentFactory()
+    payment.refresh_from_db()
+    for name, value in fields.items():
+        setattr(payment, name, value)
+
+    expected = dict(PaymentOwnerOutputSerializer(payment).data)
+    data = payment_owner_data(payment)
+
+    assert data == expected
+    assert list(data) == PaymentOwnerOutputSerializer.Meta.fields
     assert json.dumps(data) == json.dumps(expected)
