@@ -44,6 +44,7 @@ from payments.throttling import (
     AuthTokenThrottle,
     PaymentCreateAnonThrottle,
     PaymentCreateUserThrottle,
+    counters,
 )
 from tests.factories import PaymentFactory
 from tests.live import REPO_ROOT, LiveStack, database_url, free_port, live_stack
@@ -585,6 +586,21 @@ def test_password_guesses_for_a_token_are_limited_per_address(make_user) -> None
         REMOTE_ADDR="203.0.113.9",
     )
     assert_throttled(over)
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("throttles")
+def test_a_throttle_counter_expires_with_its_window() -> None:
+    assert create_from(APIClient(), "203.0.113.5").status_code == 202
+
+    store = counters()
+    keys = list(store.client.scan_iter(match=store.make_key("*203.0.113.5*")))
+    ttls = sorted(store.client.ttl(key) for key in keys)
+
+    # One counter per throttle (per address, and per user for an anonymous
+    # client), each living one window of the hour-long test rates, plus 1 s.
+    assert len(keys) == 2
+    assert all(0 < ttl <= 3601 for ttl in ttls), ttls
 
 
 @pytest.mark.django_db
