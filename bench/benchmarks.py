@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import subprocess
 import time
@@ -1033,7 +1034,7 @@ def spy(
             "--threads",
             # Waiting (SQLite's busy handler, socket reads) is where the
             # time goes too: sample idle threads as well.
-            *(["--idle"] if idle else []),
+            *(["--idle"] if idle and not os.environ.get("BENCH_PROFILE_BUSY") else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -2,12 +2,18 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
-# Set up Django (apps, settings) before importing anything that touches models.
-django_asgi_app = get_asgi_application()
+# Set up Django (apps, settings) before importing anything that touches models,
+# as get_asgi_application() does; its handler is swapped for one that runs
+# each request's middleware and view in one thread (config.handlers).
+django.setup(set_prefix=False)
+
+from config.handlers import SyncStackASGIHandler  # noqa: E402
+
+django_asgi_app = SyncStackASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
