@@ -7,6 +7,7 @@ updates no row and so writes nothing; callers get ``None`` back.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from payments import tasks
+from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
 from payments.serializers import payment_public_data
@@ -89,22 +90,36 @@ def _payment_transition(
     from_status: str,
     to_status: str,
     detail: dict[str, Any] | None = None,
+    current: Payment | None = None,
     **fields: Any,
 ) -> Payment | None:
     if to_status not in TRANSITIONS[from_status]:
         raise InvalidTransitionError(f"{from_status} → {to_status} is not allowed")
+    now = timezone.now()
     # No savepoint when nested (a gateway call's record around it): a lost
     # race returns without raising, so there is nothing to roll back to.
     with transaction.atomic(savepoint=False):
-        updated = Payment.objects.filter(pk=payment_id, status=from_status).update(
-            status=to_status,
-            version=F("version") + 1,
-            updated_at=timezone.now(),
-            **fields,
+        rows = Payment.objects.filter(pk=payment_id, status=from_status)
+        if current is not None:
+            # The caller's copy is the row if its version still is: then the
+            # updated row is known without reading it back.
+            rows = rows.filter(version=current.version)
+        updated = rows.update(
+            status=to_status, version=F("version") + 1, updated_at=now, **fields
         )
         if not updated:
             return None
-        payment = Payment.objects.get(pk=payment_id)
+        if current is not None:
+            payment = copy.copy(current)
+            payment.status, payment.version, payment.updated_at = (
+                to_status,
+                current.version + 1,
+                now,
+            )
+            for name, value in fields.items():
+                setattr(payment, name, value)
+        else:
+            payment = Payment.objects.get(pk=payment_id)
         event = PaymentEvent.objects.create(
             payment=payment,
             from_status=from_status,
@@ -126,7 +141,7 @@ def _notify(payment: Payment, event_ids: list[int]) -> bool:
         data=payment_public_data(payment),
     )
     if sent:
-        PaymentEvent.objects.filter(pk__in=event_ids).update(notified_at=timezone.now())
+        outbox.marks.add(event_ids)
     return sent
 
 
@@ -140,13 +155,18 @@ def payment_start_processing(*, payment_id: uuid.UUID | str) -> Payment | None:
 
 
 def payment_mark_succeeded(
-    *, payment_id: uuid.UUID | str, detail: dict[str, Any] | None = None
+    *,
+    payment_id: uuid.UUID | str,
+    detail: dict[str, Any] | None = None,
+    current: Payment | None = None,
 ) -> Payment | None:
+    """Settle a processing payment as succeeded; ``current``: its row, if held."""
     return _payment_transition(
         payment_id=payment_id,
         from_status=PaymentStatus.PROCESSING,
         to_status=PaymentStatus.SUCCEEDED,
         detail=detail,
+        current=current,
     )
 
 
@@ -156,12 +176,15 @@ def payment_mark_failed(
     failure_code: str,
     failure_message: str,
     detail: dict[str, Any] | None = None,
+    current: Payment | None = None,
 ) -> Payment | None:
+    """Settle a processing payment as failed; ``current``: its row, if held."""
     return _payment_transition(
         payment_id=payment_id,
         from_status=PaymentStatus.PROCESSING,
         to_status=PaymentStatus.FAILED,
         detail=detail,
+        current=current,
         failure_code=failure_code,
         failure_message=failure_message[:255],
     )
@@ -238,13 +261,16 @@ def _payment_apply_result(
     with transaction.atomic():
         call.save()
         if result.outcome == Outcome.SUCCEEDED:
-            payment_mark_succeeded(payment_id=payment.id, detail=result.data)
+            payment_mark_succeeded(
+                payment_id=payment.id, detail=result.data, current=payment
+            )
         elif result.outcome == Outcome.FAILED:
             payment_mark_failed(
                 payment_id=payment.id,
                 failure_code=result.failure_code,
                 failure_message=result.failure_message,
                 detail=result.data,
+                current=payment,
             )
         else:
             # Not settled yet: ask again later in a deferred job, so no worker
@@ -290,6 +316,8 @@ def payment_events_redeliver(*, limit: int = 500) -> int:
     Each payment's current state is sent once for all its unsent changes;
     sockets drop versions they already have.
     """
+    # Changes this process pushed but has not marked yet are not unsent.
+    outbox.marks.flush()
     cutoff = timezone.now() - timedelta(seconds=settings.PAYMENTS_REDELIVER_AFTER)
     pending = PaymentEvent.objects.filter(
         notified_at__isnull=True, created_at__lt=cutoff

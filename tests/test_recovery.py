@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import services
+from payments import outbox, services
 from payments.models import Payment, PaymentEvent, PaymentStatus
 from payments.recovery import RecoveryLoop
 from realtime import groups, notify
@@ -280,3 +280,14 @@ def test_job_left_running_by_a_dead_worker_is_released(settings):
     assert job.exception_class_path == "payments.recovery.AbandonedTaskError"
     assert fresh.status == TaskResultStatus.RUNNING
     assert "1 abandoned jobs released" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_whose_push_failed_stays_unmarked_when_batching(redis_away):
+    payment = PaymentFactory(status=PaymentStatus.PENDING)
+
+    with outbox.marks_batched(interval=3600):
+        assert services.payment_start_processing(payment_id=payment.pk) is not None
+
+    event = PaymentEvent.objects.get(payment=payment, to_status="processing")
+    assert event.notified_at is None

@@ -19,6 +19,7 @@ from payments.models import (
     PaymentStatus,
     SimulatedCharge,
 )
+from payments.serializers import payment_owner_data
 from payments.services import TRANSITIONS, InvalidTransitionError
 from tests.factories import PaymentFactory
 
@@ -206,6 +207,42 @@ def test_transition_outside_table_raises(from_status, to_status):
 
     assert _snapshot(payment) == before
     assert PaymentEvent.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_settling_from_a_held_row_returns_the_row_as_stored(outcome):
+    processing = services.payment_start_processing(payment_id=PaymentFactory().pk)
+    assert processing is not None
+
+    if outcome == "succeeded":
+        settled = services.payment_mark_succeeded(
+            payment_id=processing.pk, detail={"charge": "ch_1"}, current=processing
+        )
+    else:
+        settled = services.payment_mark_failed(
+            payment_id=processing.pk,
+            failure_code="card_declined",
+            failure_message="Your card was declined.",
+            current=processing,
+        )
+
+    assert settled is not None
+    stored = Payment.objects.get(pk=processing.pk)
+    assert payment_owner_data(settled) == payment_owner_data(stored)
+    assert stored.status == outcome
+    assert processing.status == PaymentStatus.PROCESSING  # the caller's copy
+
+
+@pytest.mark.django_db
+def test_settling_from_a_stale_held_row_is_a_no_op():
+    processing = services.payment_start_processing(payment_id=PaymentFactory().pk)
+    assert processing is not None
+    stale = Payment.objects.get(pk=processing.pk)
+    stale.version -= 1
+
+    assert services.payment_mark_succeeded(payment_id=stale.pk, current=stale) is None
+    assert _snapshot(stale)[:2] == (PaymentStatus.PROCESSING, processing.version)
 
 
 @pytest.mark.django_db

@@ -271,6 +271,12 @@ PAYMENTS_IDEMPOTENCY_KEY_TTL = env.int("PAYMENTS_IDEMPOTENCY_KEY_TTL", default=8
 PAYMENTS_RECOVERY_INTERVAL = env.float("PAYMENTS_RECOVERY_INTERVAL", default=5.0)
 # A status change not yet pushed after this many seconds is pushed again.
 PAYMENTS_REDELIVER_AFTER = env.float("PAYMENTS_REDELIVER_AFTER", default=2.0)
+# Seconds between the worker's batched writes of "pushed" marks
+# (payments.outbox); keep it well under PAYMENTS_REDELIVER_AFTER, or changes
+# pushed but not yet marked are pushed twice.
+PAYMENTS_NOTIFIED_MARK_INTERVAL = env.float(
+    "PAYMENTS_NOTIFIED_MARK_INTERVAL", default=0.2
+)
 
 # LOGGING
 # ------------------------------------------------------------------------------

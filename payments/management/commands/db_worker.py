@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
+from payments import outbox
 from payments.recovery import recovery_running
 from payments.worker import WakeableWorker
 
@@ -21,11 +22,12 @@ class Command(DBWorkerCommand):
     help = (
         "Run a database background worker, woken when a job is enqueued "
         "(--interval is the fallback poll); alongside it, re-enqueue stuck "
-        "payments and re-push status changes that were not delivered."
+        "payments and re-push status changes that were not delivered; mark "
+        "pushed changes in batches."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        with recovery_running():
+        with recovery_running(), outbox.marks_batched():
             if options["batch"]:
                 # Runs what is queued and exits: nothing to wait for.
                 super().handle(*args, **options)
