@@ -20,6 +20,22 @@ from django_tasks_db.utils import exclusive_transaction, is_locked_database_exce
 from payments.wakeup import WakeupListener
 
 
+def keep_connections_between_jobs() -> None:
+    """Let this thread keep its database connections between jobs.
+
+    The web process's CONN_MAX_AGE is 0, as Django advises under ASGI, and
+    with it the worker loop's close_old_connections would close and reopen
+    the connection around every job. A pooled connection (PostgreSQL's
+    default here) goes back to its pool instead, which is already cheap, and
+    pooling excludes CONN_MAX_AGE.
+    """
+    for connection in connections.all():
+        if not connection.settings_dict.get("OPTIONS", {}).get("pool"):
+            connection.settings_dict["CONN_MAX_AGE"] = (
+                settings.TASKS_WORKER_CONN_MAX_AGE
+            )
+
+
 class WakeableWorker(Worker):
     """Run jobs as django-tasks-db's Worker does; wait for a wake-up when idle.
 
@@ -36,14 +52,7 @@ class WakeableWorker(Worker):
         self._waiting = False
 
     def run(self) -> None:
-        # One thread running one job after another can keep its database
-        # connection between jobs; the web process's CONN_MAX_AGE is 0, as
-        # Django advises under ASGI, and with it the loop's
-        # close_old_connections would close and reopen it around every job.
-        for connection in connections.all():
-            connection.settings_dict["CONN_MAX_AGE"] = (
-                settings.TASKS_WORKER_CONN_MAX_AGE
-            )
+        keep_connections_between_jobs()
         # Subscribed before the first look at the queue: a job enqueued
         # between that look and the first wait still wakes this worker.
         self.wakeups.subscribe()

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from payments.worker import WakeableWorker
+from payments.worker import WakeableWorker, keep_connections_between_jobs
 
 
 def make_worker() -> WakeableWorker:
@@ -47,3 +47,37 @@ def test_sigterm_during_a_job_lets_it_finish() -> None:
     worker.shutdown(signal.SIGTERM, None)
 
     assert worker.running is False
+
+
+@pytest.fixture
+def default_db_settings():
+    """Restore the default connection's settings_dict after the test."""
+    from django.db import connections
+
+    connection = connections["default"]
+    saved = {**connection.settings_dict}
+    saved_options = {**connection.settings_dict.get("OPTIONS", {})}
+    yield connection
+    connection.settings_dict.clear()
+    connection.settings_dict.update(saved)
+    connection.settings_dict["OPTIONS"] = saved_options
+
+
+@pytest.mark.parametrize(
+    ("pool", "kept"),
+    [(None, 60), ({"max_size": 4}, 0)],
+    ids=["unpooled-keeps-its-connection", "pooled-returns-it-to-the-pool"],
+)
+def test_worker_keeps_connections_unless_pooled(
+    default_db_settings, settings, pool, kept
+) -> None:
+    settings.TASKS_WORKER_CONN_MAX_AGE = 60
+    options = default_db_settings.settings_dict.setdefault("OPTIONS", {})
+    options.pop("pool", None)
+    if pool is not None:
+        options["pool"] = pool
+    default_db_settings.settings_dict["CONN_MAX_AGE"] = 0
+
+    keep_connections_between_jobs()
+
+    assert default_db_settings.settings_dict["CONN_MAX_AGE"] == kept

@@ -38,12 +38,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
-    # 0 for the web process, as Django advises under ASGI: it runs each
-    # request's sync code in a thread of its own, and a kept connection per
-    # such thread exhausted PostgreSQL's connection slots under load. The
-    # worker keeps its connection (TASKS_WORKER_CONN_MAX_AGE).
+    # Under ASGI Django runs each request's sync code in a thread of its own:
+    # a connection kept per such thread (CONN_MAX_AGE) exhausted PostgreSQL's
+    # slots under load, and one opened per request costs a backend start and
+    # authentication every time. A pool per process (psycopg_pool, Django's
+    # "pool" option) lends each request a connection opened earlier, and
+    # bounds how many the process holds. Pooling excludes CONN_MAX_AGE.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if env.bool("DJANGO_DB_POOL", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DJANGO_DB_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("DJANGO_DB_POOL_MAX_SIZE", default=20),
+            # Seconds a request waits for a free connection before failing.
+            "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=10.0),
+        }
 
 # URLS
 # ------------------------------------------------------------------------------
