@@ -6,16 +6,23 @@ only for validation errors. The message always names the offending field.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from payments.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait when the database is unavailable.
+DATABASE_RETRY_AFTER = 5
 
 
 def _flatten(detail: Any) -> list[str]:
@@ -51,6 +58,20 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
                 }
             },
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if isinstance(exc, OperationalError):
+        # The database is away (or its pool all lent): a retry may succeed,
+        # unlike after a 500.
+        logger.warning("database unavailable: %r", exc)
+        return Response(
+            {
+                "error": {
+                    "code": "service_unavailable",
+                    "message": "database: unavailable; retry shortly.",
+                }
+            },
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

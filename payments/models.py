@@ -95,9 +95,10 @@ class PaymentEvent(models.Model):
     version = models.PositiveIntegerField(help_text="The payment's version after it.")
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    # The outbox mark: NULL until the change was handed to the channel layer.
-    # Changes left NULL (Redis away, worker killed after commit) are sent
-    # again by services.payment_events_redeliver.
+    # The outbox mark: NULL until the change was handed to the channel layer
+    # (in db_worker, written in batches up to PAYMENTS_NOTIFIED_MARK_INTERVAL
+    # later: payments.outbox). Changes left NULL (Redis away, worker killed
+    # after commit) are sent again by services.payment_events_redeliver.
     notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

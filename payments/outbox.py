@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from payments.models import PaymentEvent
@@ -31,25 +31,47 @@ logger = logging.getLogger(__name__)
 class NotifiedMarks:
     """Pushed events not yet marked; written at once unless batching."""
 
+    # Ids per UPDATE: far below SQLite's and PostgreSQL's parameter limits.
+    CHUNK = 500
+    # Ids kept for another try when a write fails; beyond this, recovery's
+    # re-push (a duplicate frame, dropped by the socket) is the cheaper way.
+    MAX_PENDING = 50_000
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _pending and batching
+        self._write_lock = threading.Lock()  # one flush at a time
         self._pending: list[int] = []
         self.batching = False
 
     def add(self, event_ids: Iterable[int]) -> None:
-        if not self.batching:
-            _write(list(event_ids))
-            return
         with self._lock:
-            self._pending.extend(event_ids)
+            if self.batching:
+                self._pending.extend(event_ids)
+                return
+        _write(list(event_ids))
 
     def flush(self) -> int:
-        """Write every pending mark in one UPDATE; return how many."""
-        with self._lock:
-            ids, self._pending = self._pending, []
-        if ids:
-            _write(ids)
+        """Write every pending mark; return how many.
+
+        A flush waits for one in progress, so a caller (recovery) that
+        flushes and then looks for unmarked changes sees that one's marks.
+        """
+        with self._write_lock:
+            with self._lock:
+                ids, self._pending = self._pending, []
+            for start in range(0, len(ids), self.CHUNK):
+                try:
+                    _write(ids[start : start + self.CHUNK])
+                except Exception:
+                    with self._lock:
+                        room = self.MAX_PENDING - len(self._pending)
+                        self._pending[:0] = ids[start:][: max(room, 0)]
+                    raise
         return len(ids)
+
+    def stop_batching(self) -> None:
+        with self._lock:
+            self.batching = False
 
 
 def _write(event_ids: list[int]) -> None:
@@ -70,19 +92,23 @@ class MarkWriter(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        try:
-            while not self._stopped.wait(self.interval):
-                self._flush()
+        while not self._stopped.wait(self.interval):
             self._flush()
-        finally:
-            connections.close_all()
+        self._flush()
 
     def _flush(self) -> None:
+        # A connection checked before use and given back after, as the
+        # worker's own loop does: a database restart costs one failed round,
+        # and a pooled connection is not held between rounds.
+        close_old_connections()
         try:
             marks.flush()
         except Exception:
-            # Those changes stay unmarked and recovery pushes them again.
-            logger.exception("writing notified marks failed; recovery re-pushes")
+            # Kept for the next round (up to MAX_PENDING); recovery
+            # re-pushes whatever is never marked.
+            logger.exception("writing notified marks failed; retrying next round")
+        finally:
+            connections.close_all()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopped.set()
@@ -93,10 +119,13 @@ class MarkWriter(threading.Thread):
 def marks_batched(interval: float | None = None) -> Iterator[MarkWriter]:
     """Batch the marks of this process while inside; write the last on exit."""
     writer = MarkWriter(interval or settings.PAYMENTS_NOTIFIED_MARK_INTERVAL)
-    marks.batching = True
+    with marks._lock:
+        marks.batching = True
     writer.start()
     try:
         yield writer
     finally:
-        marks.batching = False
         writer.stop()
+        marks.stop_batching()
+        # Whatever was added while the writer made its last flush.
+        marks.flush()

@@ -133,7 +133,10 @@ def _payment_transition(
 
 
 def _notify(payment: Payment, event_ids: list[int]) -> bool:
-    """Push the payment's state; mark the events it covers as notified."""
+    """Push the payment's state; mark the events it covers as notified.
+
+    The marks are written at once, or in db_worker in batches (outbox).
+    """
     sent = notify.payment_status_changed(
         payment_id=payment.id,
         socket_id=payment.socket_id,

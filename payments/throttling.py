@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -85,17 +86,20 @@ class WindowCounterMixin:
         ident = self.get_cache_key(request, view)
         if ident is None:
             return True
-        now = self.timer()
+        # Each client's windows start at an offset of their own (a stable
+        # hash: the same in every web process), so clients are not all
+        # reset, and told to come back, at one instant.
+        now = self.timer() + zlib.crc32(ident.encode()) % self.duration
         window = int(now // self.duration)
         self._wait = self.duration - (now % self.duration)
-        store = counters()
-        key = store.make_key(f"{ident}:{window}")
         try:
+            store = counters()
+            key = store.make_key(f"{ident}:{window}")
             pipe = store.client.pipeline(transaction=False)
             pipe.incr(key)
             pipe.expire(key, self.duration + 1)
             count, _ = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:
             logger.warning("throttle store unavailable, request allowed: %r", exc)
             return True
         return int(count) <= self.num_requests

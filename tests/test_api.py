@@ -664,3 +664,22 @@ def test_unknown_api_path_is_json_404(api_client, path):
     assert response.status_code == 404
     assert response["Content-Type"] == "application/json"
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_database_unavailable_is_503_with_retry_after(api_client, monkeypatch):
+    from django.db import OperationalError
+
+    from payments import services
+
+    def away(**kwargs):
+        raise OperationalError("connection failed: the pool timed out")
+
+    monkeypatch.setattr(services, "payment_create", away)
+
+    response = api_client.post("/api/payments/", {"amount": 1000}, format="json")
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert response.json()["error"]["message"].startswith("database:")
+    assert int(response["Retry-After"]) > 0

@@ -603,6 +603,51 @@ def test_a_throttle_counter_expires_with_its_window() -> None:
     assert all(0 < ttl <= 3601 for ttl in ttls), ttls
 
 
+def hourly_throttle(ident: str, now: float) -> PaymentCreateAnonThrottle:
+    """One request a hour for ``ident``, at the time ``now``."""
+    throttle = PaymentCreateAnonThrottle()
+    throttle.rate, throttle.num_requests, throttle.duration = "1/hour", 1, 3600
+    throttle.timer = lambda: now
+    throttle.get_cache_key = lambda request, view: ident  # type: ignore[method-assign]
+    return throttle
+
+
+@pytest.mark.usefixtures("throttles")
+@pytest.mark.parametrize("now", [0.0, 1_000.5, 86_400.0])
+def test_retry_after_is_when_the_clients_window_ends(now: float) -> None:
+    ident = f"throttle_anon_203.0.113.{int(now) % 200}"
+    first = hourly_throttle(ident, now)
+    assert first.allow_request(None, None)
+    wait = first.wait()
+    assert 1 <= wait <= 3600
+
+    assert not hourly_throttle(ident, now + wait - 0.5).allow_request(None, None)
+    assert hourly_throttle(ident, now + wait + 0.5).allow_request(None, None)
+
+
+@pytest.mark.usefixtures("throttles")
+def test_clients_windows_do_not_all_end_together() -> None:
+    waits = set()
+    for n in range(5):
+        throttle = hourly_throttle(f"throttle_anon_198.51.100.{n}", 0.0)
+        throttle.allow_request(None, None)
+        waits.add(round(throttle.wait()))
+
+    assert len(waits) > 1
+
+
+@pytest.mark.django_db
+def test_throttle_fails_open_when_the_cache_is_not_redis(settings, caplog) -> None:
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    }
+
+    answers = [create_from(APIClient(), "203.0.113.1").status_code for _ in range(2)]
+
+    assert answers == [202, 202]
+    assert "throttle store unavailable" in caplog.text
+
+
 @pytest.mark.django_db
 @pytest.mark.usefixtures("throttles")
 def test_reads_are_not_throttled(make_user) -> None:
@@ -703,6 +748,40 @@ def test_production_settings_refuse_a_weak_secret_key() -> None:
 
     assert result.returncode != 0
     assert "security.W009" in result.stdout + result.stderr
+
+
+def pooled(env: dict[str, str]) -> str:
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; "
+        "print('pool' in settings.DATABASES['default']['OPTIONS'])",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_postgresql_is_pooled_unless_connections_are_kept() -> None:
+    env = production_env(DATABASE_URL="postgres://app@db.example.com:5432/payments")
+
+    assert pooled(env) == "True"
+    assert pooled({**env, "DJANGO_CONN_MAX_AGE": "60"}) == "False"
+    assert pooled({**env, "DJANGO_DB_POOL": "false"}) == "False"
+
+
+def test_postgresql_pool_and_kept_connections_are_refused_together() -> None:
+    env = production_env(
+        DATABASE_URL="postgres://app@db.example.com:5432/payments",
+        DJANGO_CONN_MAX_AGE="60",
+        DJANGO_DB_POOL="true",
+    )
+
+    refused = manage("check", env=env)
+
+    assert refused.returncode != 0
+    assert "DJANGO_CONN_MAX_AGE" in refused.stderr
+    assert "DJANGO_DB_POOL" in refused.stderr
 
 
 # Secrets never reach the logs -----------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from django.db import OperationalError
 
 from payments import outbox, services
 from payments.models import PaymentEvent, PaymentStatus
@@ -54,3 +57,40 @@ def test_redelivery_does_not_push_again_what_was_pushed_but_not_marked(settings)
         assert services.payment_events_redeliver() == 0
 
     assert processing_event(payment.pk).notified_at is not None
+
+
+def test_the_writer_flushes_on_its_own_interval():
+    payment = PaymentFactory(status=PaymentStatus.PENDING)
+
+    with outbox.marks_batched(interval=0.05):
+        services.payment_start_processing(payment_id=payment.pk)
+        deadline = time.monotonic() + 10
+        while processing_event(payment.pk).notified_at is None:
+            assert time.monotonic() < deadline, "the writer never flushed"
+            time.sleep(0.02)  # polling the database, not synchronising on an event
+        assert outbox.marks.flush() == 0
+
+
+def test_a_failed_write_keeps_the_marks_for_the_next_flush(monkeypatch):
+    payments = [PaymentFactory(status=PaymentStatus.PENDING) for _ in range(5)]
+    real_write = outbox._write
+    calls: list[list[int]] = []
+
+    def failing_once(event_ids: list[int]) -> None:
+        calls.append(event_ids)
+        if len(calls) == 2:
+            raise OperationalError("database is locked")
+        real_write(event_ids)
+
+    monkeypatch.setattr(outbox.NotifiedMarks, "CHUNK", 2)
+    monkeypatch.setattr(outbox, "_write", failing_once)
+    with outbox.marks_batched(interval=3600):
+        for payment in payments:
+            services.payment_start_processing(payment_id=payment.pk)
+        with pytest.raises(OperationalError):
+            outbox.marks.flush()
+        # The first chunk was written; the failed one and the rest wait.
+        assert outbox.marks.flush() == 3
+
+    assert [len(ids) for ids in calls] == [2, 2, 2, 1]
+    assert all(processing_event(p.pk).notified_at for p in payments)

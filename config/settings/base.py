@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from redis.maint_notifications import MaintNotificationsConfig
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -46,12 +47,19 @@ else:
     # bounds how many the process holds. Pooling excludes CONN_MAX_AGE.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    if env.bool("DJANGO_DB_POOL", default=True):
+    _conn_max_age = DATABASES["default"]["CONN_MAX_AGE"]
+    if env.bool("DJANGO_DB_POOL", default=_conn_max_age == 0):
+        if _conn_max_age:
+            raise ImproperlyConfigured(
+                "DJANGO_CONN_MAX_AGE: persistent connections and DJANGO_DB_POOL "
+                "exclude each other; unset one of them."
+            )
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DJANGO_DB_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DJANGO_DB_POOL_MAX_SIZE", default=20),
-            # Seconds a request waits for a free connection before failing.
-            "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=10.0),
+            # Seconds a request waits for a connection (all lent, or the
+            # database away) before it is answered 503.
+            "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=5.0),
         }
 
 # URLS
@@ -205,8 +213,9 @@ CHANNEL_LAYERS = {
 
 # CACHES
 # ------------------------------------------------------------------------------
-# Throttle counters live here, shared by every web process. If Redis is away
-# throttling lets requests through (payments.throttling), never a 500.
+# Throttle counters live on this Redis (LOCATION, KEY_PREFIX and the socket
+# timeouts are used; payments.throttling), shared by every web process. If
+# Redis is away throttling lets requests through, never a 500.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -228,7 +237,8 @@ TASKS = {
 # db_workers start at once instead of at their next --interval poll.
 TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
 # Seconds a db_worker keeps its database connection between jobs (it is
-# one thread running job after job, unlike the ASGI web process).
+# one thread running job after job, unlike the ASGI web process); not used
+# with the PostgreSQL pool, which keeps connections itself.
 TASKS_WORKER_CONN_MAX_AGE = env.int("TASKS_WORKER_CONN_MAX_AGE", default=60)
 
 # REST FRAMEWORK
