@@ -30,7 +30,10 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = False
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker write to one file: WAL lets readers
     # proceed during a write, IMMEDIATE takes the write lock up front so two
-    # writers queue (timeout) instead of failing with "database is locked".
+    # writers queue (timeout) instead of failing with "database is locked",
+    # and config.sqlite3 queues them on a file lock rather than in SQLite's
+    # sleeping busy handler.
+    DATABASES["default"]["ENGINE"] = "config.sqlite3"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",

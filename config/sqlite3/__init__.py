@@ -1,0 +1,1 @@
+"""SQLite backend whose writers queue on a file lock (see base.py)."""
