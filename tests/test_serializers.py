@@ -45,30 +45,24 @@ CASES = pytest.mark.parametrize(
 
 
 @CASES
-def test_public_data_equals_the_output_serializer(fields: dict) -> None:
+@pytest.mark.parametrize(
+    ("serializer_class", "by_hand"),
+    [
+        pytest.param(PaymentOutputSerializer, payment_public_data, id="public"),
+        pytest.param(PaymentOwnerOutputSerializer, payment_owner_data, id="owner"),
+    ],
+)
+def test_hand_built_data_equals_the_serializer(
+    fields: dict, serializer_class, by_hand
+) -> None:
     payment = PaymentFactory()
     payment.refresh_from_db()
     for name, value in fields.items():
         setattr(payment, name, value)
 
-    expected = dict(PaymentOutputSerializer(payment).data)
-    data = payment_public_data(payment)
+    expected = dict(serializer_class(payment).data)
+    data = by_hand(payment)
 
     assert data == expected
-    assert list(data) == PaymentOutputSerializer.Meta.fields
-    assert json.dumps(data) == json.dumps(expected)
-
-
-@CASES
-def test_owner_data_equals_the_owner_output_serializer(fields: dict) -> None:
-    payment = PaymentFactory()
-    payment.refresh_from_db()
-    for name, value in fields.items():
-        setattr(payment, name, value)
-
-    expected = dict(PaymentOwnerOutputSerializer(payment).data)
-    data = payment_owner_data(payment)
-
-    assert data == expected
-    assert list(data) == PaymentOwnerOutputSerializer.Meta.fields
+    assert list(data) == serializer_class.Meta.fields
     assert json.dumps(data) == json.dumps(expected)
