@@ -1,12 +1,21 @@
-"""config.sqlite3: writers queue on a file lock; readers and errors unaffected."""
+"""config.sqlite3: writers queue on a file lock; readers and errors unaffected.
+
+The lock is probed from a file descriptor of the test's own, as another
+process would see it.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.db import connection, connections, transaction
 
+from config.sqlite3.base import writers_lock_path
 from payments.models import Payment
 from tests.factories import PaymentFactory
 
@@ -20,98 +29,107 @@ pytestmark = [
 TIMEOUT = 10
 
 
+def lock_path() -> str:
+    return writers_lock_path(str(connection.settings_dict["NAME"]))
+
+
+def held_by_someone() -> bool:
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def lock_held_elsewhere() -> Iterator[None]:
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, threading.Event]:
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+            done.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
 def test_it_is_the_configured_backend() -> None:
     assert connection.settings_dict["ENGINE"] == "config.sqlite3"
 
 
-def test_a_second_writer_waits_for_the_first_and_starts_when_it_commits() -> None:
+def test_a_transaction_holds_the_lock_until_commit_and_hooks_run_after() -> None:
     payment = PaymentFactory()
-    first_in = threading.Event()
-    second_in = threading.Event()
-    release_first = threading.Event()
-    order: list[str] = []
+    seen_by_hook: list[bool] = []
 
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                Payment.objects.filter(pk=payment.pk).update(description="first")
-                first_in.set()
-                assert release_first.wait(TIMEOUT)
-                order.append("first commits")
-        finally:
-            connections.close_all()
+    with transaction.atomic():
+        Payment.objects.filter(pk=payment.pk).update(description="x")
+        assert held_by_someone()
+        transaction.on_commit(lambda: seen_by_hook.append(held_by_someone()))
 
-    def second() -> None:
-        try:
-            assert first_in.wait(TIMEOUT)
-            with transaction.atomic():
-                second_in.set()
-                order.append("second begins")
-                Payment.objects.filter(pk=payment.pk).update(description="second")
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    assert first_in.wait(TIMEOUT)
-    # The second writer is queued on the lock, not inside its transaction.
-    assert not second_in.wait(0.2)
-    release_first.set()
-    for thread in threads:
-        thread.join(TIMEOUT)
-
-    assert order == ["first commits", "second begins"]
-    payment.refresh_from_db()
-    assert payment.description == "second"
+    assert seen_by_hook == [False]
+    assert not held_by_someone()
 
 
-def test_the_lock_is_given_back_on_rollback_and_on_error() -> None:
+def test_a_rollback_gives_the_lock_back() -> None:
     payment = PaymentFactory()
 
     with pytest.raises(RuntimeError), transaction.atomic():
         Payment.objects.filter(pk=payment.pk).update(description="rolled back")
         raise RuntimeError("abort")
 
-    done = threading.Event()
+    assert not held_by_someone()
+    payment.refresh_from_db()
+    assert payment.description != "rolled back"
 
-    def other_writer() -> None:
-        try:
+
+@pytest.mark.parametrize("kind", ["transaction", "autocommit"])
+def test_a_writer_waits_for_the_lock_and_goes_on_once_it_is_free(kind: str) -> None:
+    payment = PaymentFactory()
+
+    def write() -> None:
+        if kind == "transaction":
             with transaction.atomic():
-                Payment.objects.filter(pk=payment.pk).update(description="after")
-            done.set()
-        finally:
-            connections.close_all()
+                Payment.objects.filter(pk=payment.pk).update(description=kind)
+        else:
+            Payment.objects.filter(pk=payment.pk).update(description=kind)
 
-    thread = threading.Thread(target=other_writer)
-    thread.start()
+    with lock_held_elsewhere():
+        thread, done = in_thread(write)
+        # Queued on the lock: nothing written while it is held.
+        assert not done.wait(0.3)
+        payment.refresh_from_db()
+        assert payment.description != kind
+    assert done.wait(TIMEOUT)
     thread.join(TIMEOUT)
 
-    assert done.is_set()
     payment.refresh_from_db()
-    assert payment.description == "after"
+    assert payment.description == kind
+    assert not held_by_someone()
 
 
-def test_reads_do_not_wait_for_a_writer() -> None:
+def test_reads_do_not_wait_for_the_lock() -> None:
     payment = PaymentFactory()
-    writing = threading.Event()
-    finish = threading.Event()
 
-    def writer() -> None:
-        try:
-            with transaction.atomic():
-                Payment.objects.filter(pk=payment.pk).update(description="busy")
-                writing.set()
-                assert finish.wait(TIMEOUT)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        assert writing.wait(TIMEOUT)
-        # WAL: the committed row is readable while the writer holds the lock.
-        assert Payment.objects.get(pk=payment.pk).description == payment.description
-    finally:
-        finish.set()
-        thread.join(TIMEOUT)
+    with lock_held_elsewhere():
+        thread, done = in_thread(lambda: Payment.objects.get(pk=payment.pk))
+        assert done.wait(TIMEOUT)
+    thread.join(TIMEOUT)
