@@ -69,6 +69,10 @@ class NotifiedMarks:
                     raise
         return len(ids)
 
+    def start_batching(self) -> None:
+        with self._lock:
+            self.batching = True
+
     def stop_batching(self) -> None:
         with self._lock:
             self.batching = False
@@ -119,13 +123,16 @@ class MarkWriter(threading.Thread):
 def marks_batched(interval: float | None = None) -> Iterator[MarkWriter]:
     """Batch the marks of this process while inside; write the last on exit."""
     writer = MarkWriter(interval or settings.PAYMENTS_NOTIFIED_MARK_INTERVAL)
-    with marks._lock:
-        marks.batching = True
+    marks.start_batching()
     writer.start()
     try:
         yield writer
     finally:
         writer.stop()
         marks.stop_batching()
-        # Whatever was added while the writer made its last flush.
-        marks.flush()
+        # Whatever was added while the writer made its last flush; a
+        # database away at shutdown leaves them to recovery, not a traceback.
+        try:
+            marks.flush()
+        except Exception:
+            logger.exception("writing the last marks failed; recovery re-pushes")
