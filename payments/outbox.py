@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import close_old_connections, connections
 from django.utils import timezone
 
+from payments.background import PeriodicThread
 from payments.models import PaymentEvent
 
 logger = logging.getLogger(__name__)
@@ -87,36 +87,21 @@ def _write(event_ids: list[int]) -> None:
 marks = NotifiedMarks()
 
 
-class MarkWriter(threading.Thread):
-    """Flush ``marks`` every ``interval`` seconds, and once more when stopped."""
+class MarkWriter(PeriodicThread):
+    """Flush ``marks`` every ``interval`` seconds, and once more when stopped.
+
+    A failed flush keeps its marks for the next round (up to MAX_PENDING);
+    recovery re-pushes whatever is never marked.
+    """
 
     def __init__(self, interval: float) -> None:
-        super().__init__(name="payments-notified-marks", daemon=True)
-        self.interval = interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            self._flush()
-        self._flush()
-
-    def _flush(self) -> None:
-        # A connection checked before use and given back after, as the
-        # worker's own loop does: a database restart costs one failed round,
-        # and a pooled connection is not held between rounds.
-        close_old_connections()
-        try:
-            marks.flush()
-        except Exception:
-            # Kept for the next round (up to MAX_PENDING); recovery
-            # re-pushes whatever is never marked.
-            logger.exception("writing notified marks failed; retrying next round")
-        finally:
-            connections.close_all()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped.set()
-        self.join(timeout)
+        super().__init__(
+            name="payments-notified-marks",
+            interval=interval,
+            work=marks.flush,
+            first_at_once=False,
+            last_on_stop=True,
+        )
 
 
 @contextmanager

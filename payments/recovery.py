@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import connections
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments import services
+from payments.background import PeriodicThread
 
 logger = logging.getLogger(__name__)
 
@@ -62,33 +61,23 @@ def recover_once() -> RecoveryRound:
     )
 
 
-class RecoveryLoop(threading.Thread):
-    """Call recover_once every PAYMENTS_RECOVERY_INTERVAL seconds until stopped."""
+def _recovery_round() -> None:
+    outcome = recover_once()
+    if any(outcome):
+        logger.info(
+            "recovery: %d stuck payments re-enqueued, %d re-pushed, "
+            "%d abandoned jobs released",
+            *outcome,
+        )
+
+
+class RecoveryLoop(PeriodicThread):
+    """Run a recovery round at once, then every ``interval`` seconds."""
 
     def __init__(self, interval: float) -> None:
-        super().__init__(name="payments-recovery", daemon=True)
-        self.interval = interval
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                outcome = recover_once()
-                if any(outcome):
-                    logger.info(
-                        "recovery: %d stuck payments re-enqueued, %d re-pushed, "
-                        "%d abandoned jobs released",
-                        *outcome,
-                    )
-            except Exception:
-                logger.exception("recovery round failed; retrying next round")
-            finally:
-                connections.close_all()
-            self._stopped.wait(self.interval)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped.set()
-        self.join(timeout)
+        super().__init__(
+            name="payments-recovery", interval=interval, work=_recovery_round
+        )
 
 
 @contextmanager
