@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,6 +13,8 @@ from asgiref.sync import SyncToAsync
 from asgiref.testing import ApplicationCommunicator
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_started
+from django.db import connections
 
 from config.handlers import SyncStackASGIHandler
 from payments.models import Payment
@@ -103,6 +108,62 @@ async def test_middleware_does_not_switch_threads_per_middleware(
     assert "BaseHandler.get_response" in ours
     # The request's one switch, plus request_started/finished's receivers.
     assert len(ours) <= 3, ours
+
+
+@pytest.fixture
+def request_threads() -> Iterator[list[tuple[int, Any]]]:
+    """(thread, its open database connection) as each request starts."""
+    seen: list[tuple[int, Any]] = []
+
+    def record(**kwargs: Any) -> None:
+        seen.append((threading.get_ident(), connections["default"].connection))
+
+    request_started.connect(record)
+    yield seen
+    request_started.disconnect(record)
+
+
+async def test_requests_run_in_the_threads_kept_for_them(request_threads) -> None:
+    handler = SyncStackASGIHandler(threads=2)
+
+    for _ in range(4):
+        status, _, _ = await request(handler, "GET", "/api/payments/nope/")
+        assert status == 404
+    # Served one after another, all by the first kept thread.
+    assert len({thread for thread, _ in request_threads}) == 1
+    assert threading.get_ident() not in {thread for thread, _ in request_threads}
+
+    answers = await asyncio.gather(
+        *(
+            request(handler, "POST", "/api/payments/", b'{"amount": 1000}')
+            for _ in range(6)
+        )
+    )
+
+    # Six at once: each is served, in one of the two threads, the others
+    # waiting their turn rather than starting a thread of their own.
+    assert [status for status, _, _ in answers] == [202] * 6
+    assert len({thread for thread, _ in request_threads}) <= 2
+    assert await Payment.objects.acount() == 6
+
+
+async def test_a_kept_thread_keeps_its_database_connection(request_threads) -> None:
+    if connections["default"].settings_dict["CONN_MAX_AGE"] == 0:
+        pytest.skip("connections are pooled, not kept (PostgreSQL's default)")
+    handler = SyncStackASGIHandler(threads=1)
+
+    for _ in range(3):
+        status, _, _ = await request(
+            handler, "POST", "/api/payments/", b'{"amount": 1000}'
+        )
+        assert status == 202
+
+    # The first request opened it; the next ones found it open.
+    (first, _), *later = request_threads
+    kept = {id(connection) for _, connection in later}
+    assert len(later) == 2 and None not in {c for _, c in later}
+    assert len(kept) == 1
+    assert {thread for thread, _ in later} == {first}
 
 
 def test_config_asgi_serves_http_with_it() -> None:

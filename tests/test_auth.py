@@ -784,6 +784,13 @@ def test_postgresql_pool_and_kept_connections_are_refused_together() -> None:
     assert "DJANGO_DB_POOL" in refused.stderr
 
 
+def test_asgi_request_threads_below_one_are_refused() -> None:
+    refused = manage("check", env=production_env(ASGI_REQUEST_THREADS="0"))
+
+    assert refused.returncode != 0
+    assert "ASGI_REQUEST_THREADS" in refused.stderr
+
+
 # Secrets never reach the logs -----------------------------------------------------
 
 

@@ -41,13 +41,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
+    # Each thread keeps its connection (the web's request threads are kept,
+    # config.handlers): opening one (Django registers its SQL functions, the
+    # PRAGMAs run) costs more CPU than a simple request's queries.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
 else:
-    # Under ASGI Django runs each request's sync code in a thread of its own:
-    # a connection kept per such thread (CONN_MAX_AGE) exhausted PostgreSQL's
-    # slots under load, and one opened per request costs a backend start and
+    # A connection opened per request costs a backend start and
     # authentication every time. A pool per process (psycopg_pool, Django's
     # "pool" option) lends each request a connection opened earlier, and
-    # bounds how many the process holds. Pooling excludes CONN_MAX_AGE.
+    # bounds how many the process holds; or, with DJANGO_CONN_MAX_AGE, each
+    # of the web's kept request threads (config.handlers) keeps its own.
+    # Pooling excludes CONN_MAX_AGE.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     _conn_max_age = DATABASES["default"]["CONN_MAX_AGE"]
@@ -64,6 +68,15 @@ else:
             # database away) before it is answered 503.
             "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=5.0),
         }
+
+# ASGI
+# ------------------------------------------------------------------------------
+# Threads the web process keeps for HTTP requests' sync code (Django's
+# handler starts one per request); a request beyond them waits for one. Each
+# keeps its database connection, so below the PostgreSQL pool's max size.
+ASGI_REQUEST_THREADS = env.int("ASGI_REQUEST_THREADS", default=16)
+if ASGI_REQUEST_THREADS < 1:
+    raise ImproperlyConfigured("ASGI_REQUEST_THREADS: at least 1 thread is needed.")
 
 # URLS
 # ------------------------------------------------------------------------------
