@@ -1,11 +1,17 @@
-"""The worker's stop on SIGTERM: never in the middle of a database call."""
+"""The worker: its stop on SIGTERM, its connections, its finished jobs."""
 
 from __future__ import annotations
 
 import signal
+from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
+from django.tasks import TaskResultStatus
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
+from payments import services
 from payments.worker import WakeableWorker, keep_connections_between_jobs
 
 
@@ -81,3 +87,25 @@ def test_worker_keeps_connections_unless_pooled(
     keep_connections_between_jobs()
 
     assert default_db_settings.settings_dict["CONN_MAX_AGE"] == kept
+
+
+@pytest.mark.django_db
+def test_finished_jobs_are_pruned_and_waiting_ones_kept() -> None:
+    # The queue's table keeps every finished job; README has operators run
+    # django-tasks-db's prune_db_task_results daily.
+    services.payment_create(amount=1000, currency="usd", payment_method="pm_card_visa")
+    worker = make_worker()
+    worker.run_task(worker._claim())
+    waiting = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa"
+    )
+    DBTaskResult.objects.filter(status=TaskResultStatus.SUCCESSFUL).update(
+        finished_at=timezone.now() - timedelta(days=15)
+    )
+
+    call_command("prune_db_task_results", verbosity=0)
+
+    left = DBTaskResult.objects.values_list("status", "args_kwargs")
+    assert [(status, kw["kwargs"]) for status, kw in left] == [
+        (TaskResultStatus.READY, {"payment_id": str(waiting.id)})
+    ]
