@@ -946,6 +946,8 @@ async def bench_micro(ctx: Context) -> dict[str, Any]:
                 "micro",
                 "--seconds",
                 str(ctx.pick(0.3, 1.0)),
+                "--requests",
+                str(ctx.pick(200, 1000)),
                 timeout=120,
             )
         finally:

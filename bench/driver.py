@@ -13,7 +13,9 @@ settings (``python -m bench.driver COMMAND ... --out FILE``).
 - ``micro``: micro-benchmarks of the send path: DRF serialisation, JSON
   encoding (json vs orjson), the layer's msgpack, one
   ``notify.payment_status_changed`` call as shipped against the same
-  group_sends on a long-lived loop, and a bare ``async_to_sync``.
+  group_sends on a long-lived loop, and a bare ``async_to_sync``; and the
+  CPU of a create and of a poll driven through ``config.asgi`` without a
+  server (the web's own share of a request, apart from the HTTP server's).
 """
 
 from __future__ import annotations
@@ -278,7 +280,88 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
         return None
 
     out["async_to_sync_empty"] = _timeit(lambda: async_to_sync(nothing)(), seconds)
+    out.update(asyncio.run(_asgi_requests(args.requests)))
     return out
+
+
+async def _asgi_requests(count: int) -> dict[str, Any]:
+    """CPU per create and per poll through config.asgi, in this process.
+
+    Process CPU (every thread's), so the request threads count; the HTTP
+    server's own share (daphne parsing and writing) is not in it.
+    """
+    from config.asgi import application
+
+    async def call(
+        method: str, path: str, body: bytes = b"", query: bytes = b""
+    ) -> tuple[int, bytes, dict[bytes, bytes]]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [
+                (b"host", b"localhost"),
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 40000),
+            "server": ("localhost", 80),
+        }
+        answered = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        status, content, headers = 0, b"", {}
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await answered.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, content, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = {k.lower(): v for k, v in message["headers"]}
+            else:
+                content += message.get("body", b"")
+
+        await application(scope, receive, send)
+        answered.set()
+        return status, content, headers
+
+    body = json.dumps({"amount": 1000, "currency": "usd"}).encode()
+
+    async def create() -> dict[str, Any]:
+        status, content, _ = await call("POST", "/api/payments/", body)
+        assert status == 202, (status, content)
+        return json.loads(content)
+
+    async def measure(request: Any) -> dict[str, float]:
+        for _ in range(max(5, count // 20)):  # warm-up
+            await request()
+        cpu = time.process_time()
+        for _ in range(count):
+            await request()
+        return {
+            "cpu_ms_per_request": 1000 * (time.process_time() - cpu) / count,
+            "requests": count,
+        }
+
+    payment = await create()
+    path = f"/api/payments/{payment['id']}/"
+    secret = f"client_secret={payment['client_secret']}".encode()
+
+    async def poll() -> None:
+        status, content, _ = await call("GET", path, query=secret)
+        assert status == 200, (status, content)
+
+    return {"asgi_create": await measure(create), "asgi_poll": await measure(poll)}
 
 
 def main(argv: list[str]) -> int:
@@ -301,6 +384,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p = sub.add_parser("micro")
     p.add_argument("--seconds", type=float, default=0.5)
+    p.add_argument("--requests", type=int, default=500)
     p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     handler = {

@@ -359,6 +359,20 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
         "",
         None,
     ),
+    (
+        "micro",
+        "{l}.asgi_create.cpu_ms_per_request",
+        "create through config.asgi, no server: CPU ms ({l})",
+        "",
+        None,
+    ),
+    (
+        "micro",
+        "{l}.asgi_poll.cpu_ms_per_request",
+        "poll through config.asgi, no server: CPU ms ({l})",
+        "",
+        None,
+    ),
 ]
 
 
