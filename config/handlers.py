@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
+import logging
+from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -13,6 +14,13 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponseBase
+
+logger = logging.getLogger(__name__)
+
+BUSY = (
+    b'{"error": {"code": "service_unavailable", '
+    b'"message": "server: every request thread is busy; retry shortly."}}'
+)
 
 
 class RequestThreads:
@@ -23,30 +31,71 @@ class RequestThreads:
     closed per request, which is why Django advises CONN_MAX_AGE = 0 under
     ASGI. Kept threads keep their connections (CONN_MAX_AGE), and there are
     never more of them than threads: on SQLite, opening one (Django registers
-    its SQL functions, the PRAGMAs run) was a third of a GET's CPU.
+    its SQL functions, the PRAGMAs run) was a third of a poll's CPU.
+
+    Used from one event loop at a time, as a server runs one.
     """
 
     def __init__(self, size: int) -> None:
-        # Last in, first out: the thread that just finished (its connection
-        # open, its caches warm) serves next, and the others start only
-        # when requests overlap.
-        self._idle: asyncio.LifoQueue[ThreadPoolExecutor] = asyncio.LifoQueue()
-        for _ in range(size):
-            # One worker each: asgiref's thread-sensitive calls of one
-            # request must all run in the same thread. It starts on first use.
-            self._idle.put_nowait(
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-request")
-            )
+        # One worker each: asgiref's thread-sensitive calls of one request
+        # must all run in the same thread. It starts on first use.
+        self._idle = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-request")
+            for _ in range(size)
+        ]
+        self._waiting: deque[asyncio.Future[ThreadPoolExecutor]] = deque()
+
+    async def take(self, timeout: float) -> ThreadPoolExecutor:
+        """A free thread; TimeoutError when none is free within ``timeout`` s."""
+        if self._idle:
+            # Last in, first out: the thread that just finished (its
+            # connection open, its caches warm) serves next, and the others
+            # start only when requests overlap.
+            return self._idle.pop()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give(waiter.result())  # handed over as the wait ended
+            else:
+                waiter.cancel()
+            raise
 
     @asynccontextmanager
-    async def lend(self) -> AsyncIterator[None]:
-        """Run the block's thread-sensitive calls in one free thread."""
-        executor = await self._idle.get()
+    async def use(self, executor: ThreadPoolExecutor) -> AsyncIterator[None]:
+        """Run the block's thread-sensitive calls in ``executor``'s thread."""
         try:
             async with ThreadSensitiveContext(executor=executor):
                 yield
-        finally:
-            self._idle.put_nowait(executor)
+        except BaseException:
+            # Cancelled, say, while the request's sync code still runs there:
+            # lend the thread again only once that code has finished.
+            self._give_when_idle(executor)
+            raise
+        self._give(executor)
+
+    def _give(self, executor: ThreadPoolExecutor) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(executor)
+                return
+        self._idle.append(executor)
+
+    def _give_when_idle(self, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+
+        def finished(_: Future[None]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._give, executor)
+            except RuntimeError:  # the loop has closed: nobody left to serve
+                pass
+
+        # Runs after whatever the executor's one thread is still doing.
+        executor.submit(lambda: None).add_done_callback(finished)
 
 
 class SyncStackASGIHandler(ASGIHandler):
@@ -62,20 +111,24 @@ class SyncStackASGIHandler(ASGIHandler):
 
     That thread is one of ``ASGI_REQUEST_THREADS`` kept for the process
     (RequestThreads) rather than a new one per request, so its database
-    connection lasts as CONN_MAX_AGE says.
+    connection lasts as CONN_MAX_AGE says. A request that finds none free
+    within ``ASGI_REQUEST_THREAD_TIMEOUT`` seconds (all stuck behind a
+    database lock, say) is answered 503 rather than left waiting.
 
     Async views still work (Django runs them with ``async_to_sync``), at the
     cost of the switch this saves elsewhere; this project has none.
     """
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(
+        self, threads: int | None = None, thread_timeout: float | None = None
+    ) -> None:
         super().__init__()
-        self.threads = threads or settings.ASGI_REQUEST_THREADS
-        # Per event loop, as an asyncio.Queue belongs to one: a server runs
-        # one loop, tests several.
-        self._threads: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, RequestThreads
-        ] = weakref.WeakKeyDictionary()
+        self.threads = RequestThreads(threads or settings.ASGI_REQUEST_THREADS)
+        self.thread_timeout = (
+            settings.ASGI_REQUEST_THREAD_TIMEOUT
+            if thread_timeout is None
+            else thread_timeout
+        )
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -87,16 +140,39 @@ class SyncStackASGIHandler(ASGIHandler):
             raise ValueError(
                 f"Django can only handle ASGI/HTTP connections, not {scope['type']}."
             )
-        loop = asyncio.get_running_loop()
-        threads = self._threads.get(loop)
-        if threads is None:
-            threads = self._threads[loop] = RequestThreads(self.threads)
+        try:
+            executor = await self.threads.take(self.thread_timeout)
+        except TimeoutError:
+            logger.warning(
+                "no request thread free for %.1f s; answering 503 to %s %s",
+                self.thread_timeout,
+                scope["method"],
+                scope["path"],
+            )
+            await send_busy(send)
+            return
         # In place of ASGIHandler.__call__'s ThreadSensitiveContext(), which
         # starts a thread per request.
-        async with threads.lend():
+        async with self.threads.use(executor):
             await self.handle(scope, receive, send)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         # BaseHandler.get_response: the same steps (URLconf, chain, closers,
         # logging of 4xx/5xx) as get_response_async, synchronously.
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+async def send_busy(send: ASGISendCallable) -> None:
+    """Answer 503 in the API's error shape, without Django (no thread to run it)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(BUSY)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": BUSY, "more_body": False})

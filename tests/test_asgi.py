@@ -22,10 +22,8 @@ from payments.models import Payment
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def request(
-    app: Any, method: str, path: str, body: bytes = b""
-) -> tuple[int, dict[bytes, bytes], bytes]:
-    scope = {
+def http_scope(method: str, path: str, body: bytes = b"") -> dict[str, Any]:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -43,7 +41,12 @@ async def request(
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    communicator = ApplicationCommunicator(app, scope)
+
+
+async def request(
+    app: Any, method: str, path: str, body: bytes = b""
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    communicator = ApplicationCommunicator(app, http_scope(method, path, body))
     await communicator.send_input(
         {"type": "http.request", "body": body, "more_body": False}
     )
@@ -151,8 +154,10 @@ async def test_requests_run_in_the_threads_kept_for_them(request_threads) -> Non
 
 
 async def test_a_kept_thread_keeps_its_database_connection(request_threads) -> None:
-    if connections["default"].settings_dict["CONN_MAX_AGE"] == 0:
+    database = connections["default"].settings_dict
+    if database.get("OPTIONS", {}).get("pool"):
         pytest.skip("connections are pooled, not kept (PostgreSQL's default)")
+    assert database["CONN_MAX_AGE"] > 0
     handler = SyncStackASGIHandler(threads=1)
 
     for _ in range(3):
@@ -167,6 +172,87 @@ async def test_a_kept_thread_keeps_its_database_connection(request_threads) -> N
     assert len(later) == 2 and None not in {c for _, c in later}
     assert len(kept) == 1
     assert {thread for thread, _ in later} == {first}
+
+
+@pytest.fixture
+def stuck_view(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Make /api/payments/stuck/ hold its thread until ``release`` is set."""
+
+    class Stuck:
+        entered = threading.Event()
+        release = threading.Event()
+
+        def install(self, handler: SyncStackASGIHandler) -> None:
+            original = handler.get_response
+
+            def get_response(request: Any) -> Any:
+                if request.path == "/api/payments/stuck/":
+                    self.entered.set()
+                    self.release.wait(10)
+                return original(request)
+
+            monkeypatch.setattr(handler, "get_response", get_response)
+
+        async def wait_entered(self) -> None:
+            assert await asyncio.to_thread(self.entered.wait, 5), "never ran"
+
+    stuck = Stuck()
+    yield stuck
+    stuck.release.set()
+
+
+async def test_a_request_finding_no_thread_free_in_time_is_answered_503(
+    stuck_view,
+) -> None:
+    handler = SyncStackASGIHandler(threads=1, thread_timeout=0.2)
+    stuck_view.install(handler)
+    holding = asyncio.ensure_future(request(handler, "GET", "/api/payments/stuck/"))
+    await stuck_view.wait_entered()
+
+    status, headers, content = await request(handler, "GET", "/api/payments/nope/")
+
+    assert status == 503
+    assert headers[b"retry-after"] == b"1"
+    assert json.loads(content)["error"]["code"] == "service_unavailable"
+    # Once the thread is free again it serves as before.
+    stuck_view.release.set()
+    assert (await holding)[0] == 404
+    status, _, _ = await request(handler, "GET", "/api/payments/nope/")
+    assert status == 404
+
+
+async def test_a_cancelled_request_lends_its_thread_again_once_its_view_ends(
+    stuck_view,
+) -> None:
+    handler = SyncStackASGIHandler(threads=2, thread_timeout=2)
+    stuck_view.install(handler)
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Future()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"the cancelled request answered: {message}")
+
+    stuck = asyncio.ensure_future(
+        handler(http_scope("GET", "/api/payments/stuck/"), receive, send)
+    )
+    await stuck_view.wait_entered()
+    stuck.cancel()  # as daphne does to a request whose client left
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+
+    # Its view still holds the thread: the next requests get the other one
+    # instead of queueing behind it (and answering 503).
+    for _ in range(3):
+        status, _, _ = await request(handler, "GET", "/api/payments/nope/")
+        assert status == 404
+    assert not stuck_view.release.is_set()
 
 
 def test_config_asgi_serves_http_with_it() -> None:

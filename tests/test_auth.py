@@ -784,6 +784,19 @@ def test_postgresql_pool_and_kept_connections_are_refused_together() -> None:
     assert "DJANGO_DB_POOL" in refused.stderr
 
 
+def test_a_pool_smaller_than_the_request_threads_is_refused() -> None:
+    env = production_env(
+        DATABASE_URL="postgres://app@db.example.com:5432/payments",
+        ASGI_REQUEST_THREADS="16",
+    )
+
+    refused = manage("check", env=env | {"DJANGO_DB_POOL_MAX_SIZE": "16"})
+
+    assert refused.returncode != 0
+    assert "DJANGO_DB_POOL_MAX_SIZE (16)" in refused.stderr
+    assert pooled(env | {"DJANGO_DB_POOL_MAX_SIZE": "17"}) == "True"
+
+
 def test_asgi_request_threads_below_one_are_refused() -> None:
     refused = manage("check", env=production_env(ASGI_REQUEST_THREADS="0"))
 

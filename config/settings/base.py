@@ -77,6 +77,18 @@ else:
 ASGI_REQUEST_THREADS = env.int("ASGI_REQUEST_THREADS", default=16)
 if ASGI_REQUEST_THREADS < 1:
     raise ImproperlyConfigured("ASGI_REQUEST_THREADS: at least 1 thread is needed.")
+_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+if isinstance(_pool, dict) and _pool["max_size"] <= ASGI_REQUEST_THREADS:
+    # Each busy request thread holds a pooled connection, and the WebSocket
+    # consumers' thread one more; fewer would leave requests waiting for the
+    # pool until DJANGO_DB_POOL_TIMEOUT and then answered 503.
+    raise ImproperlyConfigured(
+        f"DJANGO_DB_POOL_MAX_SIZE ({_pool['max_size']}) must be at least "
+        f"ASGI_REQUEST_THREADS + 1 ({ASGI_REQUEST_THREADS + 1})."
+    )
+# Seconds a request waits for a free thread before it is answered 503 (all
+# of them stuck, behind a database lock say, rather than merely busy).
+ASGI_REQUEST_THREAD_TIMEOUT = env.float("ASGI_REQUEST_THREAD_TIMEOUT", default=10.0)
 
 # URLS
 # ------------------------------------------------------------------------------
