@@ -94,8 +94,11 @@ class RequestThreads:
             except RuntimeError:  # the loop has closed: nobody left to serve
                 pass
 
-        # Runs after whatever the executor's one thread is still doing.
-        executor.submit(lambda: None).add_done_callback(finished)
+        try:
+            # Runs after whatever the executor's one thread is still doing.
+            executor.submit(lambda: None).add_done_callback(finished)
+        except RuntimeError:  # the interpreter is exiting: no more requests
+            pass
 
 
 class SyncStackASGIHandler(ASGIHandler):

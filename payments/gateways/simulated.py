@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from payments.models import SimulatedCharge
@@ -51,15 +52,20 @@ class SimulatedGateway(BaseGateway):
 
     def charge(self, *, payment: Payment) -> GatewayResult:
         delay = timedelta(seconds=settings.PAYMENTS_SIMULATED_DELAY)
-        record, _ = SimulatedCharge.objects.get_or_create(
+        record = SimulatedCharge(
             payment_id=payment.id,
-            defaults={
-                "payment_method": payment.payment_method,
-                "amount": payment.amount,
-                "currency": payment.currency,
-                "settles_at": timezone.now() + delay,
-            },
+            payment_method=payment.payment_method,
+            amount=payment.amount,
+            currency=payment.currency,
+            settles_at=timezone.now() + delay,
         )
+        try:
+            # Insert first (get_or_create reads first): a payment is charged
+            # once, so its row is almost never there yet.
+            with transaction.atomic():
+                record.save(force_insert=True)
+        except IntegrityError:
+            record = SimulatedCharge.objects.get(payment_id=payment.id)
         return self._result(record)
 
     def retrieve(self, *, payment: Payment) -> GatewayResult:
