@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,13 @@ class RequestThreads:
             raise
         self._give(executor)
 
+    def close(self) -> None:
+        """Stop the idle threads, closing their database connections first."""
+        while self._idle:
+            executor = self._idle.pop()
+            executor.submit(connections.close_all)
+            executor.shutdown(wait=True)
+
     def _give(self, executor: ThreadPoolExecutor) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
@@ -126,7 +137,9 @@ class SyncStackASGIHandler(ASGIHandler):
         self, threads: int | None = None, thread_timeout: float | None = None
     ) -> None:
         super().__init__()
-        self.threads = RequestThreads(threads or settings.ASGI_REQUEST_THREADS)
+        size = threads or settings.ASGI_REQUEST_THREADS
+        check_pool_size(size)
+        self.threads = RequestThreads(size)
         self.thread_timeout = (
             settings.ASGI_REQUEST_THREAD_TIMEOUT
             if thread_timeout is None
@@ -143,21 +156,33 @@ class SyncStackASGIHandler(ASGIHandler):
             raise ValueError(
                 f"Django can only handle ASGI/HTTP connections, not {scope['type']}."
             )
+        # The body first, so that a slow upload holds no thread (daphne
+        # buffers bodies before calling the application; uvicorn streams).
+        try:
+            body = await super().read_body(receive)
+        except RequestAborted:
+            return
         try:
             executor = await self.threads.take(self.thread_timeout)
         except TimeoutError:
+            body.close()
             logger.warning(
                 "no request thread free for %.1f s; answering 503 to %s %s",
                 self.thread_timeout,
                 scope["method"],
                 scope["path"],
             )
-            await send_busy(send)
+            await send_busy(scope, send)
             return
         # In place of ASGIHandler.__call__'s ThreadSensitiveContext(), which
         # starts a thread per request.
         async with self.threads.use(executor):
-            await self.handle(scope, receive, send)
+            await self.handle(scope, BodyRead(receive, body), send)
+
+    async def read_body(self, receive: ASGIReceiveCallable) -> Any:
+        if isinstance(receive, BodyRead):
+            return receive.body
+        return await super().read_body(receive)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         # BaseHandler.get_response: the same steps (URLconf, chain, closers,
@@ -165,17 +190,60 @@ class SyncStackASGIHandler(ASGIHandler):
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
 
 
-async def send_busy(send: ASGISendCallable) -> None:
-    """Answer 503 in the API's error shape, without Django (no thread to run it)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(BUSY)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
+class BodyRead:
+    """The ``receive`` of a request whose body was read before it got a thread."""
+
+    def __init__(self, receive: ASGIReceiveCallable, body: Any) -> None:
+        self.receive = receive
+        self.body = body
+
+    async def __call__(self) -> Any:
+        return await self.receive()  # only the disconnect is left to come
+
+
+def check_pool_size(threads: int) -> None:
+    """Refuse a PostgreSQL pool the request threads could drain.
+
+    Each busy request thread holds a pooled connection, and the WebSocket
+    consumers' thread one more; with fewer, requests would wait for the pool
+    until DJANGO_DB_POOL_TIMEOUT and then be answered 503. Only the web
+    process has these threads, so only it checks.
+    """
+    for alias, database in settings.DATABASES.items():
+        pool = database.get("OPTIONS", {}).get("pool")
+        if not isinstance(pool, dict):
+            continue
+        # psycopg_pool's own default max_size is min_size, 4 by default.
+        size = pool.get("max_size") or pool.get("min_size", 4)
+        if size <= threads:
+            raise ImproperlyConfigured(
+                f"DJANGO_DB_POOL_MAX_SIZE ({size}, database {alias!r}) must be "
+                f"at least ASGI_REQUEST_THREADS + 1 ({threads + 1})."
+            )
+
+
+async def send_busy(scope: Scope, send: ASGISendCallable) -> None:
+    """Answer 503 in the API's error shape, without Django (no thread to run it).
+
+    Django's middleware does not run, so the CORS headers an allowed origin
+    needs to read the answer are added here, as django-cors-headers would.
+    """
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BUSY)).encode()),
+        (b"retry-after", b"1"),
+    ]
+    origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+    if re.match(settings.CORS_URLS_REGEX, scope["path"]) and (
+        origin in settings.CORS_ALLOWED_ORIGINS
+    ):
+        headers += [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (
+                b"access-control-expose-headers",
+                ", ".join(settings.CORS_EXPOSE_HEADERS).encode(),
+            ),
+            (b"vary", b"origin"),
+        ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": BUSY, "more_body": False})

@@ -23,9 +23,10 @@ from payments.wakeup import WakeupListener
 def keep_connections_between_jobs() -> None:
     """Let this thread keep its database connections between jobs.
 
-    The web process's CONN_MAX_AGE is 0, as Django advises under ASGI, and
-    with it the worker loop's close_old_connections would close and reopen
-    the connection around every job. A pooled connection (PostgreSQL's
+    With CONN_MAX_AGE 0 (PostgreSQL with its pool turned off, say) the worker
+    loop's close_old_connections would close and reopen the connection
+    around every job; the worker keeps it TASKS_WORKER_CONN_MAX_AGE seconds
+    whatever DJANGO_CONN_MAX_AGE says. A pooled connection (PostgreSQL's
     default here) goes back to its pool instead, which is already cheap, and
     pooling excludes CONN_MAX_AGE.
     """

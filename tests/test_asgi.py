@@ -21,8 +21,15 @@ from payments.models import Payment
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+ORIGIN = b"http://localhost:3000"  # in the test settings' CORS_ALLOWED_ORIGINS
 
-def http_scope(method: str, path: str, body: bytes = b"") -> dict[str, Any]:
+
+def http_scope(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -37,6 +44,7 @@ def http_scope(method: str, path: str, body: bytes = b"") -> dict[str, Any]:
             (b"host", b"testserver"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *headers,
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
@@ -44,9 +52,14 @@ def http_scope(method: str, path: str, body: bytes = b"") -> dict[str, Any]:
 
 
 async def request(
-    app: Any, method: str, path: str, body: bytes = b""
+    app: Any,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    communicator = ApplicationCommunicator(app, http_scope(method, path, body))
+    scope = http_scope(method, path, body, headers)
+    communicator = ApplicationCommunicator(app, scope)
     await communicator.send_input(
         {"type": "http.request", "body": body, "more_body": False}
     )
@@ -61,6 +74,20 @@ async def request(
     return start["status"], {k.lower(): v for k, v in start["headers"]}, content
 
 
+@pytest.fixture
+def make_handler() -> Iterator[Any]:
+    """Build SyncStackASGIHandlers; close their threads' connections after."""
+    made: list[SyncStackASGIHandler] = []
+
+    def make(**kwargs: Any) -> SyncStackASGIHandler:
+        made.append(SyncStackASGIHandler(**kwargs))
+        return made[-1]
+
+    yield make
+    for handler in made:
+        handler.threads.close()
+
+
 def count_thread_switches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     original = SyncToAsync.__call__
@@ -73,9 +100,9 @@ def count_thread_switches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-async def test_a_create_is_served_by_the_sync_stack() -> None:
+async def test_a_create_is_served_by_the_sync_stack(make_handler) -> None:
     status, headers, content = await request(
-        SyncStackASGIHandler(), "POST", "/api/payments/", b'{"amount": 1000}'
+        make_handler(), "POST", "/api/payments/", b'{"amount": 1000}'
     )
 
     assert status == 202, content
@@ -84,9 +111,9 @@ async def test_a_create_is_served_by_the_sync_stack() -> None:
     assert await Payment.objects.filter(pk=body["id"]).aexists()
 
 
-async def test_errors_keep_their_json_shape() -> None:
+async def test_errors_keep_their_json_shape(make_handler) -> None:
     status, _, content = await request(
-        SyncStackASGIHandler(), "POST", "/api/payments/", b'{"amount": 0}'
+        make_handler(), "POST", "/api/payments/", b'{"amount": 0}'
     )
 
     assert status == 400
@@ -94,6 +121,7 @@ async def test_errors_keep_their_json_shape() -> None:
 
 
 async def test_middleware_does_not_switch_threads_per_middleware(
+    make_handler,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Django's own handler, for comparison: every middleware's
@@ -105,7 +133,7 @@ async def test_middleware_does_not_switch_threads_per_middleware(
 
     monkeypatch.undo()
     ours = count_thread_switches(monkeypatch)
-    status, _, _ = await request(SyncStackASGIHandler(), "GET", "/api/payments/nope/")
+    status, _, _ = await request(make_handler(), "GET", "/api/payments/nope/")
 
     assert status == 404
     assert "BaseHandler.get_response" in ours
@@ -130,8 +158,10 @@ def request_threads() -> Iterator[list[tuple[object, Any]]]:
     request_started.disconnect(record)
 
 
-async def test_requests_run_in_the_threads_kept_for_them(request_threads) -> None:
-    handler = SyncStackASGIHandler(threads=2)
+async def test_requests_run_in_the_threads_kept_for_them(
+    make_handler, request_threads
+) -> None:
+    handler = make_handler(threads=2)
 
     for _ in range(4):
         status, _, _ = await request(handler, "GET", "/api/payments/nope/")
@@ -153,12 +183,14 @@ async def test_requests_run_in_the_threads_kept_for_them(request_threads) -> Non
     assert await Payment.objects.acount() == 6
 
 
-async def test_a_kept_thread_keeps_its_database_connection(request_threads) -> None:
+async def test_a_kept_thread_keeps_its_database_connection(
+    make_handler, request_threads
+) -> None:
     database = connections["default"].settings_dict
     if database.get("OPTIONS", {}).get("pool"):
         pytest.skip("connections are pooled, not kept (PostgreSQL's default)")
     assert database["CONN_MAX_AGE"] > 0
-    handler = SyncStackASGIHandler(threads=1)
+    handler = make_handler(threads=1)
 
     for _ in range(3):
         status, _, _ = await request(
@@ -202,18 +234,24 @@ def stuck_view(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 async def test_a_request_finding_no_thread_free_in_time_is_answered_503(
-    stuck_view,
+    make_handler, stuck_view
 ) -> None:
-    handler = SyncStackASGIHandler(threads=1, thread_timeout=0.2)
+    handler = make_handler(threads=1, thread_timeout=0.2)
     stuck_view.install(handler)
     holding = asyncio.ensure_future(request(handler, "GET", "/api/payments/stuck/"))
     await stuck_view.wait_entered()
 
-    status, headers, content = await request(handler, "GET", "/api/payments/nope/")
+    status, headers, content = await request(
+        handler, "GET", "/api/payments/nope/", headers=((b"origin", ORIGIN),)
+    )
 
     assert status == 503
     assert headers[b"retry-after"] == b"1"
     assert json.loads(content)["error"]["code"] == "service_unavailable"
+    # Without Django's middleware, still readable by a page on an allowed
+    # origin, as every other answer under /api/ is.
+    assert headers[b"access-control-allow-origin"] == ORIGIN
+    assert b"retry-after" in headers[b"access-control-expose-headers"]
     # Once the thread is free again it serves as before.
     stuck_view.release.set()
     assert (await holding)[0] == 404
@@ -222,9 +260,9 @@ async def test_a_request_finding_no_thread_free_in_time_is_answered_503(
 
 
 async def test_a_cancelled_request_lends_its_thread_again_once_its_view_ends(
-    stuck_view,
+    make_handler, stuck_view
 ) -> None:
-    handler = SyncStackASGIHandler(threads=2, thread_timeout=2)
+    handler = make_handler(threads=2, thread_timeout=2)
     stuck_view.install(handler)
     body_sent = False
 
@@ -253,6 +291,30 @@ async def test_a_cancelled_request_lends_its_thread_again_once_its_view_ends(
         status, _, _ = await request(handler, "GET", "/api/payments/nope/")
         assert status == 404
     assert not stuck_view.release.is_set()
+
+
+async def test_a_slow_upload_holds_no_thread(make_handler) -> None:
+    handler = make_handler(threads=1, thread_timeout=2)
+    body = b'{"amount": 1000}'
+    uploading = ApplicationCommunicator(
+        handler, http_scope("POST", "/api/payments/", body)
+    )
+    await uploading.send_input(
+        {"type": "http.request", "body": body[:5], "more_body": True}
+    )
+
+    # The only thread is free while the upload is unfinished.
+    for _ in range(2):
+        status, _, _ = await request(handler, "GET", "/api/payments/nope/")
+        assert status == 404
+
+    await uploading.send_input(
+        {"type": "http.request", "body": body[5:], "more_body": False}
+    )
+    start = await uploading.receive_output(5)
+    assert start["status"] == 202
+    await uploading.receive_output(5)
+    await uploading.wait(5)
 
 
 def test_config_asgi_serves_http_with_it() -> None:

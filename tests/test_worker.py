@@ -90,9 +90,10 @@ def test_worker_keeps_connections_unless_pooled(
 
 
 @pytest.mark.django_db
-def test_finished_jobs_are_pruned_and_waiting_ones_kept() -> None:
+def test_finished_jobs_are_pruned_and_waiting_ones_kept(settings) -> None:
     # The queue's table keeps every finished job; README has operators run
     # django-tasks-db's prune_db_task_results daily.
+    settings.PAYMENTS_SIMULATED_DELAY = 0  # one job per payment, no refresh
     services.payment_create(amount=1000, currency="usd", payment_method="pm_card_visa")
     worker = make_worker()
     worker.run_task(worker._claim())

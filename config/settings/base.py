@@ -77,18 +77,13 @@ else:
 ASGI_REQUEST_THREADS = env.int("ASGI_REQUEST_THREADS", default=16)
 if ASGI_REQUEST_THREADS < 1:
     raise ImproperlyConfigured("ASGI_REQUEST_THREADS: at least 1 thread is needed.")
-_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
-if isinstance(_pool, dict) and _pool["max_size"] <= ASGI_REQUEST_THREADS:
-    # Each busy request thread holds a pooled connection, and the WebSocket
-    # consumers' thread one more; fewer would leave requests waiting for the
-    # pool until DJANGO_DB_POOL_TIMEOUT and then answered 503.
-    raise ImproperlyConfigured(
-        f"DJANGO_DB_POOL_MAX_SIZE ({_pool['max_size']}) must be at least "
-        f"ASGI_REQUEST_THREADS + 1 ({ASGI_REQUEST_THREADS + 1})."
-    )
 # Seconds a request waits for a free thread before it is answered 503 (all
 # of them stuck, behind a database lock say, rather than merely busy).
 ASGI_REQUEST_THREAD_TIMEOUT = env.float("ASGI_REQUEST_THREAD_TIMEOUT", default=10.0)
+if not 0 < ASGI_REQUEST_THREAD_TIMEOUT < float("inf"):
+    raise ImproperlyConfigured(
+        "ASGI_REQUEST_THREAD_TIMEOUT: a number of seconds above 0 is needed."
+    )
 
 # URLS
 # ------------------------------------------------------------------------------
@@ -182,7 +177,7 @@ CORS_ALLOW_HEADERS = (
     "x-client-secret",
     "x-csrftoken",
 )
-CORS_EXPOSE_HEADERS = ("location",)
+CORS_EXPOSE_HEADERS = ("location", "retry-after")
 
 # CHANNELS
 # ------------------------------------------------------------------------------
@@ -264,9 +259,9 @@ TASKS = {
 # Enqueues are announced here (Redis pub/sub) after commit, so idle
 # db_workers start at once instead of at their next --interval poll.
 TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
-# Seconds a db_worker keeps its database connection between jobs (it is
-# one thread running job after job, unlike the ASGI web process); not used
-# with the PostgreSQL pool, which keeps connections itself.
+# Seconds a db_worker keeps its database connection between jobs, whatever
+# DJANGO_CONN_MAX_AGE says (it is one thread running job after job); not
+# used with the PostgreSQL pool, which keeps connections itself.
 TASKS_WORKER_CONN_MAX_AGE = env.int("TASKS_WORKER_CONN_MAX_AGE", default=60)
 
 # REST FRAMEWORK
