@@ -705,15 +705,19 @@ def production_env(**overrides: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v}
 
 
-def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_python(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "manage.py", *args],
+        [sys.executable, *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run_python("manage.py", *args, env=env)
 
 
 def test_production_settings_pass_check_deploy() -> None:
@@ -786,14 +790,7 @@ def test_postgresql_pool_and_kept_connections_are_refused_together() -> None:
 
 def start_web(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Build the web process's application, as daphne does at start."""
-    return subprocess.run(
-        [sys.executable, "-c", "import config.asgi"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_python("-c", "import config.asgi", env=env)
 
 
 def test_a_pool_smaller_than_the_request_threads_is_refused_by_the_web() -> None:
