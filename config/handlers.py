@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 logger = logging.getLogger(__name__)
-
-BUSY = (
-    b'{"error": {"code": "service_unavailable", '
-    b'"message": "server: every request thread is busy; retry shortly."}}'
-)
 
 
 class RequestThreads:
@@ -165,19 +160,40 @@ class SyncStackASGIHandler(ASGIHandler):
         try:
             executor = await self.threads.take(self.thread_timeout)
         except TimeoutError:
-            body.close()
             logger.warning(
                 "no request thread free for %.1f s; answering 503 to %s %s",
                 self.thread_timeout,
                 scope["method"],
                 scope["path"],
             )
-            await send_busy(scope, send)
+            with closing(body):
+                await self.send_response(self.busy_response(scope, body), send)
             return
         # In place of ASGIHandler.__call__'s ThreadSensitiveContext(), which
         # starts a thread per request.
         async with self.threads.use(executor):
             await self.handle(scope, BodyRead(receive, body), send)
+
+    def busy_response(self, scope: Scope, body: Any) -> HttpResponseBase:
+        """503 in the API's error shape, made without a thread to run Django in.
+
+        Django's middleware does not run, so django-cors-headers adds its
+        headers here, for a page on an allowed origin to read the answer.
+        """
+        response = JsonResponse(
+            {
+                "error": {
+                    "code": "service_unavailable",
+                    "message": "server: every request thread is busy; retry shortly.",
+                }
+            },
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+        request, _ = self.create_request(scope, body)
+        if request is not None:
+            CorsMiddleware(lambda _: response).add_response_headers(request, response)
+        return response
 
     async def read_body(self, receive: ASGIReceiveCallable) -> Any:
         if isinstance(receive, BodyRead):
@@ -220,30 +236,3 @@ def check_pool_size(threads: int) -> None:
                 f"DJANGO_DB_POOL_MAX_SIZE ({size}, database {alias!r}) must be "
                 f"at least ASGI_REQUEST_THREADS + 1 ({threads + 1})."
             )
-
-
-async def send_busy(scope: Scope, send: ASGISendCallable) -> None:
-    """Answer 503 in the API's error shape, without Django (no thread to run it).
-
-    Django's middleware does not run, so the CORS headers an allowed origin
-    needs to read the answer are added here, as django-cors-headers would.
-    """
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(BUSY)).encode()),
-        (b"retry-after", b"1"),
-    ]
-    origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
-    if re.match(settings.CORS_URLS_REGEX, scope["path"]) and (
-        origin in settings.CORS_ALLOWED_ORIGINS
-    ):
-        headers += [
-            (b"access-control-allow-origin", origin.encode("latin-1")),
-            (
-                b"access-control-expose-headers",
-                ", ".join(settings.CORS_EXPOSE_HEADERS).encode(),
-            ),
-            (b"vary", b"origin"),
-        ]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": BUSY, "more_body": False})
