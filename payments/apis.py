@@ -83,7 +83,7 @@ class BasePaymentCreateApi(APIView):
             replayed = False
         else:
             code, body, replayed = idempotency.idempotent_call(
-                key=idempotency.idempotency_key_validate(key),
+                key=idempotency.idempotency_key_validate(key, user=request.user),
                 scope=idempotency.idempotency_scope(request.user),
                 fingerprint=idempotency.request_fingerprint(
                     path=request.path, body=request.data

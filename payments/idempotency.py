@@ -5,12 +5,22 @@ another body: 422 ``idempotency_key_reused``. Concurrent requests with one
 key: the unique constraint on (scope, key) lets exactly one create; the
 others wait for its commit and replay it. Only requests that passed
 validation are remembered, as at Stripe.
+
+Anonymous keys share one scope, not one per client address: a client whose
+address changes between a request and its retry (mobile networks) must still
+get its replay, never a second payment. So for anonymous requests the key is
+the proof of being that client, as the client_secret is for reading: it must
+be unguessable (a UUID v4 or at least 32 random URL-safe characters), or a
+stranger could replay someone's response, client_secret included, by guessing
+"order-1". Logged-in users' keys are scoped per user and may be anything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -24,6 +34,12 @@ from payments.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# 32 characters of base64url carry 192 bits, of hex 128: as many as a UUID v4
+# (122), beyond guessing.
+ANONYMOUS_KEY_MIN_LENGTH = 32
+_RANDOM_KEY = re.compile(
+    rf"[A-Za-z0-9_-]{{{ANONYMOUS_KEY_MIN_LENGTH},{MAX_KEY_LENGTH}}}", re.ASCII
+)
 
 
 class IdempotencyKeyReusedError(ApplicationError):
@@ -36,10 +52,31 @@ class InvalidIdempotencyKeyError(ApplicationError):
     status_code = 400
 
 
-def idempotency_key_validate(key: str) -> str:
+_UUID = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
+)
+
+
+def _is_unguessable(key: str) -> bool:
+    # Other UUID versions are time, host or name based: guessable.
+    if _UUID.fullmatch(key):
+        return uuid.UUID(key).version == 4
+    return _RANDOM_KEY.fullmatch(key) is not None
+
+
+def idempotency_key_validate(key: str, *, user: Any) -> str:
+    """Return ``key`` if fit for ``user``'s scope; raise a 400 naming the header."""
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidIdempotencyKeyError(
             f"must be 1 to {MAX_KEY_LENGTH} printable characters.", field=HEADER
+        )
+    if idempotency_scope(user) == "anonymous" and not _is_unguessable(key):
+        raise InvalidIdempotencyKeyError(
+            "without a login the key must be unguessable: a random UUID v4, or "
+            f"{ANONYMOUS_KEY_MIN_LENGTH} to {MAX_KEY_LENGTH} random characters "
+            "from A-Z a-z 0-9 - _ (whoever knows the key gets its replay, "
+            "client_secret included).",
+            field=HEADER,
         )
     return key
 

@@ -43,8 +43,10 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     description=(
-        "1-255 printable characters. The same key and body answer with the "
-        "first response; the same key with another body is 422."
+        "1-255 printable characters; without a login, a random UUID v4 or "
+        "32-255 random characters from A-Z a-z 0-9 - _ (400 otherwise). The "
+        "same key and body answer with the first response; the same key with "
+        "another body is 422."
     ),
 )
 

@@ -1,11 +1,15 @@
-"""Idempotency-Key: replay, conflict, concurrency, scope, expiry."""
+"""Idempotency-Key: replay, conflict, concurrency, scope, expiry, unguessable keys."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
@@ -14,9 +18,13 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments.models import IdempotencyKey, Payment
+from tests.live import LiveStack, database_url, live_stack
 
 CREATE = "/api/payments/"
 SEED = "/api/payments/make-payment-with-socket"
+# Anonymous keys must be unguessable (a UUID v4 or 32+ random characters).
+KEY = "3f6c1c1e-2b9a-4d7e-9a51-0c2f6b8e4d11"
+OTHER_KEY = "Zk3_qW9-xP2mR7vT1yN6bH4cJ8dL5sF0aE"
 
 
 def post(client, url, body, key=None):
@@ -27,8 +35,8 @@ def post(client, url, body, key=None):
 @pytest.mark.django_db
 @pytest.mark.parametrize("url", [CREATE, SEED])
 def test_replay_returns_first_response_and_creates_nothing(api_client, url):
-    first = post(api_client, url, {"amount": 1000}, key="key-1")
-    second = post(api_client, url, {"amount": 1000}, key="key-1")
+    first = post(api_client, url, {"amount": 1000}, key=KEY)
+    second = post(api_client, url, {"amount": 1000}, key=KEY)
 
     assert first.status_code in (200, 202)
     assert second.status_code == first.status_code
@@ -41,24 +49,24 @@ def test_replay_returns_first_response_and_creates_nothing(api_client, url):
 
 @pytest.mark.django_db
 def test_replay_keeps_location_header(api_client):
-    first = post(api_client, CREATE, {"amount": 1000}, key="k")
-    second = post(api_client, CREATE, {"amount": 1000}, key="k")
+    first = post(api_client, CREATE, {"amount": 1000}, key=KEY)
+    second = post(api_client, CREATE, {"amount": 1000}, key=KEY)
     assert second["Location"] == first["Location"]
 
 
 @pytest.mark.django_db
 def test_replay_is_the_original_body_even_after_status_changes(api_client):
-    first = post(api_client, CREATE, {"amount": 1000}, key="k").json()
+    first = post(api_client, CREATE, {"amount": 1000}, key=KEY).json()
     Payment.objects.filter(pk=first["id"]).update(status="processing", version=2)
-    again = post(api_client, CREATE, {"amount": 1000}, key="k").json()
+    again = post(api_client, CREATE, {"amount": 1000}, key=KEY).json()
     assert again == first
     assert again["status"] == "pending"
 
 
 @pytest.mark.django_db
 def test_same_key_other_body_is_422(api_client):
-    post(api_client, CREATE, {"amount": 1000}, key="k")
-    response = post(api_client, CREATE, {"amount": 2000}, key="k")
+    post(api_client, CREATE, {"amount": 1000}, key=KEY)
+    response = post(api_client, CREATE, {"amount": 2000}, key=KEY)
 
     assert response.status_code == 422
     error = response.json()["error"]
@@ -69,16 +77,16 @@ def test_same_key_other_body_is_422(api_client):
 
 @pytest.mark.django_db
 def test_same_key_on_other_route_is_422(api_client):
-    post(api_client, CREATE, {"amount": 1000}, key="k")
-    response = post(api_client, SEED, {"amount": 1000}, key="k")
+    post(api_client, CREATE, {"amount": 1000}, key=KEY)
+    response = post(api_client, SEED, {"amount": 1000}, key=KEY)
     assert response.status_code == 422
     assert Payment.objects.count() == 1
 
 
 @pytest.mark.django_db
 def test_invalid_request_is_not_remembered(api_client):
-    bad = post(api_client, CREATE, {"amount": -5}, key="k")
-    good = post(api_client, CREATE, {"amount": 1000}, key="k")
+    bad = post(api_client, CREATE, {"amount": -5}, key=KEY)
+    good = post(api_client, CREATE, {"amount": 1000}, key=KEY)
     assert bad.status_code == 400
     assert good.status_code == 202
     assert Payment.objects.count() == 1
@@ -94,6 +102,55 @@ def test_malformed_key_is_400_and_writes_nothing(api_client, key):
     assert "Idempotency-Key" in error["message"]
     assert Payment.objects.count() == 0
     assert IdempotencyKey.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "key",
+    [
+        "order-42",
+        "k" * 31,
+        # A UUID, but of version 1: time and host, not random.
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        # Long enough, but with characters outside the random alphabet.
+        "order 42 of customer 1234567890 at shop",
+    ],
+    ids=["short-word", "31-chars", "uuid-v1", "sentence"],
+)
+@pytest.mark.parametrize("url", [CREATE, SEED])
+def test_anonymous_guessable_key_is_400_and_writes_nothing(api_client, url, key):
+    response = post(api_client, url, {"amount": 1000}, key=key)
+
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"].startswith("Idempotency-Key: ")
+    assert "UUID v4" in error["message"]
+    assert list(error["fields"]) == ["Idempotency-Key"]
+    assert Payment.objects.count() == 0
+    assert IdempotencyKey.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "key",
+    [str(uuid.uuid4()), str(uuid.uuid4()).upper(), uuid.uuid4().hex, OTHER_KEY],
+    ids=["uuid4", "uuid4-upper", "uuid4-hex", "base64url-34"],
+)
+def test_anonymous_random_key_is_accepted(api_client, key):
+    assert post(api_client, CREATE, {"amount": 1000}, key=key).status_code == 202
+
+
+@pytest.mark.django_db
+def test_logged_in_user_may_use_a_short_key(api_client):
+    user = get_user_model().objects.create_user("carol", password="pw-carol-123")
+    api_client.force_authenticate(user)
+    first = post(api_client, CREATE, {"amount": 1000}, key="order-42")
+    again = post(api_client, CREATE, {"amount": 1000}, key="order-42")
+
+    assert first.status_code == 202
+    assert again.json() == first.json()
+    assert Payment.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -117,12 +174,12 @@ def test_keys_are_scoped_per_user(api_client):
 
 @pytest.mark.django_db
 def test_expired_key_is_free_again_and_pruned(api_client, settings):
-    first = post(api_client, CREATE, {"amount": 1000}, key="k").json()
+    first = post(api_client, CREATE, {"amount": 1000}, key=KEY).json()
     IdempotencyKey.objects.update(
         created_at=timezone.now()
         - timedelta(seconds=settings.PAYMENTS_IDEMPOTENCY_KEY_TTL + 1)
     )
-    again = post(api_client, CREATE, {"amount": 1000}, key="k").json()
+    again = post(api_client, CREATE, {"amount": 1000}, key=KEY).json()
     assert again["id"] != first["id"]
 
     IdempotencyKey.objects.update(
@@ -150,7 +207,7 @@ def test_concurrent_requests_with_one_key_create_one_payment():
                 CREATE,
                 {"amount": 4200},
                 content_type="application/json",
-                headers={"Idempotency-Key": "race"},
+                headers={"Idempotency-Key": KEY},
             )
             with lock:
                 results.append((response.status_code, response.json()))
@@ -175,3 +232,69 @@ def test_concurrent_requests_with_one_key_create_one_payment():
         DBTaskResult.objects.filter(task_path="payments.tasks.process_payment").count()
         == 1
     )
+
+
+# Two anonymous clients on real daphne, told apart by their addresses -------------
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=isolated_channel_layer,
+    ) as stack:
+        yield stack
+
+
+def client_at(live: LiveStack, address: str) -> httpx.Client:
+    """An HTTP client whose requests come from ``address`` (a loopback alias)."""
+    return httpx.Client(
+        base_url=live.http_url,
+        transport=httpx.HTTPTransport(local_address=address),
+        trust_env=False,
+        timeout=20,
+    )
+
+
+@pytest.mark.e2e
+def test_a_stranger_cannot_replay_a_guessable_anonymous_key(live: LiveStack) -> None:
+    with client_at(live, "127.0.0.2") as owner, client_at(live, "127.0.0.3") as other:
+        first = owner.post(
+            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": "order-42"}
+        )
+        stranger = other.post(
+            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": "order-42"}
+        )
+
+    for response in (first, stranger):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"].startswith("Idempotency-Key: ")
+        assert 'client_secret"' not in response.text
+    assert Payment.objects.count() == 0
+
+
+@pytest.mark.e2e
+def test_an_anonymous_retry_from_a_new_address_is_replayed(live: LiveStack) -> None:
+    body = {"amount": 1000}
+    with client_at(live, "127.0.0.2") as first_address:
+        first = first_address.post(CREATE, json=body, headers={"Idempotency-Key": KEY})
+    # The client's network changed its address; a stranger there pays too.
+    with client_at(live, "127.0.0.3") as new_address:
+        retry = new_address.post(CREATE, json=body, headers={"Idempotency-Key": KEY})
+        stranger = new_address.post(
+            CREATE, json=body, headers={"Idempotency-Key": OTHER_KEY}
+        )
+
+    assert first.status_code == 202, first.text
+    assert retry.status_code == 202, retry.text
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.json() == first.json()
+    assert stranger.status_code == 202, stranger.text
+    assert "Idempotent-Replayed" not in stranger.headers
+    assert stranger.json()["id"] != first.json()["id"]
+    assert stranger.json()["client_secret"] != first.json()["client_secret"]
+    assert Payment.objects.count() == 2
+    # The two addresses did reach the server as two clients.
+    log = live.web.output()
+    assert "127.0.0.2" in log and "127.0.0.3" in log, log
