@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from axes.helpers import get_cool_off
 from django.conf import settings
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
-from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import NotFound, ParseError, ValidationError
+from rest_framework.exceptions import NotFound, ParseError, Throttled, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,6 +21,7 @@ from payments import idempotency, openapi, selectors, services
 from payments.filters import datetime_in_utc_range
 from payments.models import Payment
 from payments.serializers import (
+    AuthTokenInputSerializer,
     PaymentCreateInputSerializer,
     PaymentOutputSerializer,
     PaymentOwnerOutputSerializer,
@@ -238,11 +239,28 @@ class AuthTokenApi(ObtainAuthToken):
     """Exchange a username and password for a token (``Authorization: Token ...``)."""
 
     throttle_classes = [AuthTokenThrottle]
+    serializer_class = AuthTokenInputSerializer
 
     @extend_schema(
         operation_id="auth_token_create",
-        request=AuthTokenSerializer,
-        responses={200: openapi.AUTH_TOKEN, **openapi.errors(400, 413, 415, 429)},
+        request=AuthTokenInputSerializer,
+        responses={
+            200: openapi.AUTH_TOKEN,
+            **openapi.errors(400, 413, 415, 429, 503),
+        },
     )
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().post(request, *args, **kwargs)
+        try:
+            return super().post(request, *args, **kwargs)
+        except ValidationError:
+            # django-axes flags the request it refused, or whose failure
+            # reached the limit; DRF would only say "Unable to log in".
+            if getattr(request, "axes_locked_out", False):
+                raise Throttled(
+                    wait=get_cool_off(request).total_seconds(),
+                    detail=(
+                        "username: too many failed logins for this username "
+                        "or from this address; locked out."
+                    ),
+                ) from None
+            raise

@@ -46,7 +46,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         if exc.code == "validation_error":
             # The same shape as a serializer's validation errors.
             error["fields"] = {exc.field or "body": [exc.message]}
-        return Response({"error": error}, status=exc.status_code)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response({"error": error}, status=exc.status_code, headers=headers)
     if isinstance(exc, RequestDataTooBig):
         # Django's own answer is an HTML 400 page; keep the one JSON shape.
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from rest_framework import serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 
 from payments.gateways import get_gateway
 from payments.models import Payment
@@ -156,3 +157,27 @@ def payment_owner_data(payment: Payment) -> dict[str, Any]:
     data = payment_public_data(payment)
     data["client_secret"] = payment.client_secret
     return data
+
+
+def _encodable(value: str) -> str:
+    # A lone surrogate cannot reach the database (UTF-8): refuse it here.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise serializers.ValidationError("Not valid Unicode text.") from None
+    return value
+
+
+class AuthTokenInputSerializer(AuthTokenSerializer):
+    """DRF's username and password, bounded: both reach the hasher and the lockout."""
+
+    username = serializers.CharField(
+        write_only=True, max_length=150, validators=[_encodable]
+    )
+    password = serializers.CharField(
+        write_only=True,
+        max_length=4096,
+        trim_whitespace=False,
+        style={"input_type": "password"},
+        validators=[_encodable],
+    )

@@ -21,9 +21,26 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from rest_framework.throttling import AnonRateThrottle, UserRateThrottle
+from rest_framework.throttling import AnonRateThrottle, BaseThrottle, UserRateThrottle
+
+from payments.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
+
+
+def client_address(request: Any) -> str | None:
+    """The client's address as every limit sees it (DJANGO_NUM_PROXIES honoured).
+
+    DRF's own reading, also given to django-axes, so that a client cannot
+    pick its address for the login lockout with an X-Forwarded-For header.
+    """
+    return BaseThrottle().get_ident(request)
+
+
+class ThrottleStoreUnavailableError(ApplicationError):
+    code = "service_unavailable"
+    status_code = 503
+    retry_after = 5
 
 
 class CounterStore(NamedTuple):
@@ -68,11 +85,15 @@ def _forget_counters(*, setting: str, **kwargs: Any) -> None:
 
 
 class WindowCounterMixin:
-    """Count a client's requests per fixed window in Redis; fail open.
+    """Count a client's requests per fixed window in Redis; fail open or closed.
 
     Payments keep being accepted while Redis is down (the queue is the
     database); a missing rate limit for that time beats refusing everyone.
+    Password guessing is the opposite: a limit that vanishes with Redis is
+    an invitation, so those throttles set ``fail_open = False`` (503).
     """
+
+    fail_open = True
 
     rate: str | None
     num_requests: int
@@ -100,6 +121,11 @@ class WindowCounterMixin:
             pipe.expire(key, self.duration + 1)
             count, _ = pipe.execute()
         except Exception as exc:
+            if not self.fail_open:
+                logger.warning("throttle store unavailable, request refused: %r", exc)
+                raise ThrottleStoreUnavailableError(
+                    "unavailable; retry shortly.", field="rate_limiter"
+                ) from None
             logger.warning("throttle store unavailable, request allowed: %r", exc)
             return True
         return int(count) <= self.num_requests
@@ -117,6 +143,10 @@ class PaymentCreateUserThrottle(WindowCounterMixin, UserRateThrottle):
 
 
 class AuthTokenThrottle(WindowCounterMixin, AnonRateThrottle):
-    """Password guesses per client address at the token endpoint."""
+    """Password guesses per client address at the token endpoint; fails closed.
+
+    Per username, and the admin's login, is django-axes' lockout (settings).
+    """
 
     scope = "auth_token"
+    fail_open = False

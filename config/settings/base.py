@@ -1,5 +1,6 @@
 """Settings shared by every environment; all environment reading happens here."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -111,6 +112,7 @@ THIRD_PARTY_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_tasks_db",
+    "axes",
 ]
 LOCAL_APPS = [
     "payments",
@@ -132,6 +134,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns the admin's lockout into a 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # TEMPLATES AND STATIC
@@ -164,6 +168,31 @@ AUTH_PASSWORD_VALIDATORS = [
         "NumericPasswordValidator",
     )
 ]
+
+# LOGIN LOCKOUT (django-axes)
+# ------------------------------------------------------------------------------
+# Failed logins (admin and POST /api/auth/token/) are recorded in the
+# database; AXES_FAILURE_LIMIT of them from one address, or for one username
+# from any number of addresses, lock further attempts out for the cool-off
+# (the pair address+username is covered by either). The store is the
+# database the users live in, so with it away no login succeeds: it fails
+# closed. Locked-out attempts are not recorded, so they neither grow a row
+# nor extend the lockout.
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+if AXES_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT: at least 1 is needed.")
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("AXES_COOLOFF_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# The address as the throttles see it (DJANGO_NUM_PROXIES), not a header
+# any client can send.
+AXES_CLIENT_IP_CALLABLE = "payments.throttling.client_address"
+AXES_DISABLE_ACCESS_LOG = True
 
 # CORS AND WEBSOCKET ORIGINS
 # ------------------------------------------------------------------------------

@@ -47,6 +47,13 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {  # noqa: F405
     "auth_token": "100000/min",
 }
 
+# LOGIN LOCKOUT
+# ------------------------------------------------------------------------------
+# Test clients' login() calls authenticate() without a request, which
+# django-axes refuses; the lockout's tests turn it on (settings fixture, or
+# AXES_ENABLED=true for live processes).
+AXES_ENABLED = env.bool("AXES_ENABLED", default=False)
+
 # PAYMENTS
 # ------------------------------------------------------------------------------
 PAYMENTS_SIMULATED_DELAY = env.float("PAYMENTS_SIMULATED_DELAY", default=0.0)
