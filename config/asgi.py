@@ -18,14 +18,17 @@ django_asgi_app = SyncStackASGIHandler()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from realtime.routing import websocket_urlpatterns  # noqa: E402
-from realtime.security import SiteOriginValidator  # noqa: E402
+from realtime.routing import unknown_path, websocket_urlpatterns  # noqa: E402
+from realtime.security import ConnectionCap, SiteOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SiteOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        # The cap first: it bounds what one client holds, refused or not.
+        "websocket": ConnectionCap(
+            SiteOriginValidator(
+                AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, unknown_path]))
+            )
         ),
     }
 )
