@@ -16,9 +16,9 @@ from config.handlers import SyncStackASGIHandler  # noqa: E402
 django_asgi_app = SyncStackASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from realtime.routing import unknown_path, websocket_urlpatterns  # noqa: E402
+from realtime.routing import WebsocketRouter, websocket_urlpatterns  # noqa: E402
 from realtime.security import ConnectionCap, SiteOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -27,7 +27,7 @@ application = ProtocolTypeRouter(
         # The cap first: it bounds what one client holds, refused or not.
         "websocket": ConnectionCap(
             SiteOriginValidator(
-                AuthMiddlewareStack(URLRouter([*websocket_urlpatterns, unknown_path]))
+                AuthMiddlewareStack(WebsocketRouter(websocket_urlpatterns))
             )
         ),
     }

@@ -50,6 +50,7 @@ def open_socket(
     origin: str | None = CORS_ORIGIN,
     host: str | None = None,
     source: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     """Connect to the live server: ``host`` is the Host header, ``source`` ours."""
     kwargs: dict[str, Any] = {}
@@ -61,6 +62,7 @@ def open_socket(
         host=HOST,
         port=live.port,
         origin=origin,
+        additional_headers=headers,
         proxy=None,
         open_timeout=TIMEOUT,
         **kwargs,
@@ -193,6 +195,9 @@ async def test_unknown_paths_are_refused_at_the_handshake(live: LiveStack) -> No
         "/%C3%A9/",
     ]:
         await expect_refused(live, path=path)
+    # Outside the root path daphne takes from a client's header.
+    for root_path in ["/elsewhere", "/ws", "/%C3%A9"]:
+        await expect_refused(live, headers={"Daphne-Root-Path": root_path})
     # Without the slash as with it, as the REST create routes.
     await expect_served(live, path="/ws/payments")
     await expect_served(live, path="/ws/payments/")
