@@ -260,6 +260,8 @@ class Session:
             "PAYMENTS_CREATE_RATE_ANON": "100000000/min",
             "PAYMENTS_CREATE_RATE_USER": "100000000/min",
             "PAYMENTS_SIMULATED_DELAY": "0",
+            # Thousands of sockets come from one address here.
+            "REALTIME_MAX_CONNECTIONS_PER_CLIENT": "1000000",
             **extra,
         }
         env.pop("RUN_MAIN", None)

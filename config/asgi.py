@@ -16,16 +16,19 @@ from config.handlers import SyncStackASGIHandler  # noqa: E402
 django_asgi_app = SyncStackASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from realtime.routing import websocket_urlpatterns  # noqa: E402
-from realtime.security import SiteOriginValidator  # noqa: E402
+from realtime.routing import WebsocketRouter, websocket_urlpatterns  # noqa: E402
+from realtime.security import ConnectionCap, SiteOriginValidator  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SiteOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        # The cap first: it bounds what one client holds, refused or not.
+        "websocket": ConnectionCap(
+            SiteOriginValidator(
+                AuthMiddlewareStack(WebsocketRouter(websocket_urlpatterns))
+            )
         ),
     }
 )

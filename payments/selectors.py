@@ -43,7 +43,12 @@ def payment_get_visible(
     payment = Payment.objects.filter(pk=pk).first()
     if payment is None:
         return None
-    if client_secret and constant_time_compare(client_secret, payment.client_secret):
+    if client_secret and constant_time_compare(
+        # A lone surrogate (valid JSON, not UTF-8) is no secret we issued;
+        # plain encode() would raise.
+        client_secret.encode(errors="surrogatepass"),
+        payment.client_secret,
+    ):
         return payment
     if payment_is_owner(payment=payment, user=user):
         return payment

@@ -58,12 +58,12 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer unreachable, socket closed (1011): %r", exc)
             with contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": INTERNAL_ERROR})
-            # Channels calls no disconnect() after a crash: leave the groups
-            # here, or the pub/sub layer would keep them (and their Redis
-            # subscriptions) for the life of the process.
-            for group in getattr(self, "joined", ()):
-                with contextlib.suppress(Exception):
-                    await self.channel_layer.group_discard(group, self.channel_name)
+        finally:
+            # Channels calls no disconnect() when a handler raises or the
+            # server cancels the consumer: leave the groups here, or the
+            # pub/sub layer keeps them (and their Redis subscriptions) for
+            # the life of the process.
+            await self._leave_all()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         if message["type"] in _NO_DATABASE:
@@ -101,8 +101,15 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"event": "socket-id", "data": self.socket_id})
 
     async def disconnect(self, code: int) -> None:
-        for group in getattr(self, "joined", ()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave_all()
+
+    async def _leave_all(self) -> None:
+        joined = getattr(self, "joined", set())
+        while joined:
+            group = joined.pop()
+            # One failure (Redis away) must not keep the other groups.
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     async def close(
         self, code: int | bool | None = None, reason: str | None = None

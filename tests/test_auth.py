@@ -363,7 +363,9 @@ async def socket() -> AsyncIterator[Any]:
 
     async def open_socket(*headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
         comm = WebsocketCommunicator(
-            application, WS_PATH, headers=[(b"origin", ORIGIN.encode()), *headers]
+            application,
+            WS_PATH,
+            headers=[(b"origin", ORIGIN.encode()), (b"host", b"testserver"), *headers],
         )
         opened.append(comm)
         connected, _ = await comm.connect(timeout=5)

@@ -33,7 +33,9 @@ def test_capacity_holds_a_burst():
 
 async def test_burst_of_500_frames_to_one_socket_arrives_complete_and_in_order():
     communicator = WebsocketCommunicator(
-        application, "/ws/payments/", headers=[(b"origin", b"http://localhost:3000")]
+        application,
+        "/ws/payments/",
+        headers=[(b"origin", b"http://localhost:3000"), (b"host", b"testserver")],
     )
     connected, _ = await communicator.connect(timeout=5)
     assert connected

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 PATH = "/ws/payments/"
 ORIGIN = (b"origin", b"http://localhost:3000")
+# Django refuses a request whose Host is not in ALLOWED_HOSTS; so does the socket.
+HOST = (b"host", b"testserver")
 TIMEOUT = 5
 # How long a socket must stay silent to count as "received nothing"; every
 # such check comes after the same message reached another socket, so a
@@ -63,7 +65,7 @@ async def connect() -> AsyncIterator[Connect]:
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> tuple[WebsocketCommunicator, str]:
         communicator = WebsocketCommunicator(
-            application, PATH, headers=[ORIGIN] if headers is None else headers
+            application, PATH, headers=[ORIGIN, HOST] if headers is None else headers
         )
         opened.append(communicator)
         connected, _ = await communicator.connect(timeout=TIMEOUT)
@@ -195,7 +197,7 @@ async def test_socket_joins_its_group_and_leaves_it_on_disconnect(
             while await members(group) != count:
                 await asyncio.sleep(0.01)
 
-    communicator = WebsocketCommunicator(application, PATH, headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, PATH, headers=[ORIGIN, HOST])
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected
     socket_id = (await communicator.receive_json_from(timeout=TIMEOUT))["data"]
@@ -403,8 +405,8 @@ async def test_logged_in_user_receives_own_payments_on_every_tab(
         return user, f"{settings.SESSION_COOKIE_NAME}={session}".encode()
 
     user, cookie = await log_in()
-    tab_one, _ = await connect([ORIGIN, (b"cookie", cookie)])
-    tab_two, _ = await connect([ORIGIN, (b"cookie", cookie)])
+    tab_one, _ = await connect([ORIGIN, HOST, (b"cookie", cookie)])
+    tab_two, _ = await connect([ORIGIN, HOST, (b"cookie", cookie)])
     anonymous, anonymous_id = await connect()
     payment = await create_payment(user=user)
 

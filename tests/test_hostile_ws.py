@@ -39,6 +39,8 @@ from tests.factories import PaymentFactory
 from tests.live import LiveStack, database_url, live_stack
 
 ORIGIN = "http://localhost:3000"
+# In-process handshakes: an allowed origin, and a Host in ALLOWED_HOSTS.
+HEADERS = [(b"origin", ORIGIN.encode()), (b"host", b"testserver")]
 PATH = "/ws/payments/"
 TIMEOUT = 20.0
 MAX_FRAME = settings.REALTIME_MAX_FRAME_BYTES
@@ -316,6 +318,12 @@ async def refused_subscriptions(live: LiveStack) -> None:
                 "client_secret": payment["client_secret"],
             },
             {"payment_id": "not-a-uuid", "client_secret": payment["client_secret"]},
+            # Valid JSON, no UTF-8: a lone surrogate crashed the socket (1011).
+            {"payment_id": payment["id"], "client_secret": "\ud800"},
+            {
+                "payment_id": payment["id"],
+                "client_secret": payment["client_secret"] + "\udfff",
+            },
         ]:
             await intruder.send(json.dumps({"action": "subscribe", **frame}))
             await expect_error(intruder, "payment_not_found")
@@ -434,9 +442,7 @@ async def communicator() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
     opened: list[WebsocketCommunicator] = []
 
     async def open_one() -> WebsocketCommunicator:
-        comm = WebsocketCommunicator(
-            application, PATH, headers=[(b"origin", ORIGIN.encode())]
-        )
+        comm = WebsocketCommunicator(application, PATH, headers=HEADERS)
         opened.append(comm)
         connected, _ = await comm.connect(timeout=5)
         assert connected
@@ -612,9 +618,7 @@ async def test_refused_subscribe_never_joins_even_for_a_moment() -> None:
     (and left on refusal) was sent whatever the group got in between.
     """
     payment = await database_sync_to_async(PaymentFactory.create)()
-    comm = WebsocketCommunicator(
-        application, PATH, headers=[(b"origin", ORIGIN.encode())]
-    )
+    comm = WebsocketCommunicator(application, PATH, headers=HEADERS)
     connected, _ = await comm.connect(timeout=5)
     assert connected
     socket_id = (await comm.receive_json_from(timeout=5))["data"]
@@ -659,3 +663,72 @@ async def test_refused_subscribe_never_joins_even_for_a_moment() -> None:
     assert (await comm.receive_json_from(timeout=5))["data"]["id"] == marker
     await comm.disconnect(timeout=5)
     await database_sync_to_async(connections.close_all)()
+
+
+async def pubsub_leftovers(client: aioredis.Redis, prefix: str) -> list[str]:
+    """Return the channels of this test's key space that Redis still has subscribed."""
+    return sorted(c.decode() for c in await client.pubsub_channels(f"{prefix}*"))
+
+
+async def no_pubsub_leftovers(client: aioredis.Redis, prefix: str) -> None:
+    # The layer writes UNSUBSCRIBE without waiting for Redis's answer.
+    async with asyncio.timeout(5):
+        while await pubsub_leftovers(client, prefix):
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_lone_surrogate_secret_is_not_found_and_the_socket_stays(
+    communicator, redis_client, isolated_channel_layer: str
+) -> None:
+    payment = await database_sync_to_async(PaymentFactory.create)()
+    comm = await communicator()
+
+    await comm.send_json_to(
+        {
+            "action": "subscribe",
+            "payment_id": str(payment.id),
+            "client_secret": "\ud800",
+        }
+    )
+
+    await expect_comm_error(comm, "payment_not_found")
+    await comm.send_json_to({"action": "ping"})
+    assert await comm.receive_json_from(timeout=5) == {"event": "pong"}
+    await comm.disconnect(timeout=5)
+    await no_pubsub_leftovers(redis_client, isolated_channel_layer)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_handler_exception_still_leaves_every_group(
+    communicator, redis_client, isolated_channel_layer: str, monkeypatch
+) -> None:
+    """A handler that raises leaves no Redis subscription behind.
+
+    Channels calls no disconnect() then; each such socket used to keep its
+    socket group and every payment group it had joined until restart.
+    """
+    payment = await database_sync_to_async(PaymentFactory.create)()
+    comm = await communicator()
+    group_channels = [
+        f"{isolated_channel_layer}__group__{group}"
+        for group in (groups.payment_group(payment.id),)
+    ]
+
+    async def broken_snapshot(*args: Any) -> None:
+        raise RuntimeError("forced failure after the join")
+
+    monkeypatch.setattr("realtime.consumers._payment_snapshot", broken_snapshot)
+    await comm.send_json_to(
+        {
+            "action": "subscribe",
+            "payment_id": str(payment.id),
+            "client_secret": payment.client_secret,
+        }
+    )
+
+    with pytest.raises(RuntimeError, match="forced failure"):
+        await comm.receive_output(timeout=5)
+    await no_pubsub_leftovers(redis_client, isolated_channel_layer)
+    numsub = await redis_client.pubsub_numsub(*group_channels)
+    assert [count for _, count in numsub] == [0]

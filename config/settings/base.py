@@ -378,6 +378,11 @@ REALTIME_MAX_FRAME_BYTES = env.int("REALTIME_MAX_FRAME_BYTES", default=4096)
 # Client frames per second a socket may send (a token bucket of twice this);
 # past it frames are answered "rate_limited", and persisting closes with 1008.
 REALTIME_RATE_LIMIT = env.float("REALTIME_RATE_LIMIT", default=10.0)
+# Open WebSockets per client address (DJANGO_NUM_PROXIES) per web process;
+# a handshake past it is refused with 403.
+REALTIME_MAX_CONNECTIONS_PER_CLIENT = env.int(
+    "REALTIME_MAX_CONNECTIONS_PER_CLIENT", default=50
+)
 
 # OPENAPI
 # ------------------------------------------------------------------------------
