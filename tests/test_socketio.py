@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.live import LiveStack
+from tests.live import LiveStack, RoundRobinProxy
 from tests.test_e2e import checked_stack
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +87,111 @@ def test_post_frontend_gets_processing_then_succeeded(
     assert result["statuses"] == ["processing", "succeeded"], result
     assert result["transport"] == ends_on
     assert result["disconnects"] == []
+
+
+@pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
+def test_heartbeat_holds_ten_pings(
+    live: LiveStack, node_client: Path, transports: list[str] | None, ends_on: str
+) -> None:
+    options = {"transports": transports} if transports else {}
+    [result] = run_clients(node_client, live.http_url, pings="10", **options)
+    assert result["ok"], result
+    assert result["pings"] >= 10
+    assert result["disconnects"] == []
+    assert result["transport"] == ends_on
+
+
+def test_declined_card_arrives_as_failed(live: LiveStack, node_client: Path) -> None:
+    [result] = run_clients(
+        node_client, live.http_url, payment_method="pm_card_chargeDeclined"
+    )
+    assert result["ok"], result
+    assert result["statuses"] == ["processing", "failed"]
+    assert result["failureCode"] == "card_declined"
+
+
+@pytest.fixture
+def two_webs(
+    transactional_db: None, isolated_channel_layer: str
+) -> Iterator[tuple[LiveStack, LiveStack, RoundRobinProxy]]:
+    """Two web processes (each with a worker) behind a non-sticky proxy.
+
+    Heartbeat at its defaults' scale: 50 clients and four processes share
+    two cores, where 1-s pings met real timeouts.
+    """
+    options = {
+        "PAYMENTS_SIMULATED_DELAY": "0.3",
+        "SOCKETIO_PING_INTERVAL": "5",
+        "SOCKETIO_PING_TIMEOUT": "10",
+    }
+    with (
+        checked_stack(isolated_channel_layer, **options) as first,
+        checked_stack(isolated_channel_layer, **options) as second,
+        RoundRobinProxy([first.port, second.port]) as proxy,
+    ):
+        yield first, second, proxy
+
+
+def sids_in_log(stack: LiveStack) -> set[str]:
+    return set(re.findall(r"[?&]sid=([\w.-]+)", stack.web.output()))
+
+
+@pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
+def test_fifty_clients_across_two_processes_none_lost(
+    two_webs: tuple[LiveStack, LiveStack, RoundRobinProxy],
+    node_client: Path,
+    transports: list[str] | None,
+    ends_on: str,
+) -> None:
+    first, second, proxy = two_webs
+    options = {"transports": transports} if transports else {}
+    results = run_clients(node_client, proxy.url, clients="50", timeout=120, **options)
+    assert len(results) == 50
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed[:3]
+    odd = [r for r in results if r["statuses"] != ["processing", "succeeded"]]
+    assert not odd, odd[:3]
+    assert all(r["transport"] == ends_on for r in results)
+    assert len({r["socketId"] for r in results}) == 50
+    for port in (first.port, second.port):
+        assert any("/socket.io/" in line for line in proxy.first_lines[port]), port
+    if ends_on == "polling" or transports is None:
+        # One session's requests served by both processes: no stickiness.
+        assert sids_in_log(first) & sids_in_log(second)
+
+
+def test_reconnect_through_the_other_process_after_a_kill(
+    transactional_db: None, isolated_channel_layer: str, node_client: Path
+) -> None:
+    options = {"PAYMENTS_SIMULATED_DELAY": "3", **HEARTBEAT}
+    with (
+        checked_stack(isolated_channel_layer, **options) as first,
+        checked_stack(isolated_channel_layer, **options) as second,
+        RoundRobinProxy([first.port, second.port]) as proxy,
+    ):
+        env = {**os.environ, "SIO_URL": proxy.url, "SIO_TIMEOUT_MS": "40000"}
+        node = subprocess.Popen(
+            ["node", str(node_client)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=TESTS,
+        )
+        try:
+            assert node.stdout is not None
+            paid = json.loads(node.stdout.readline())
+            assert "paid" in paid, paid
+            # The handshake was the proxy's first connection: the owner of
+            # the session is the first web process.
+            first.kill_web()
+            out, err = node.communicate(timeout=60)
+        finally:
+            node.kill()
+        first.start_web()
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    [result] = [line for line in lines if "index" in line]
+    assert result["ok"], (result, err)
+    assert result["final"] == "succeeded"
+    assert result["connects"] >= 2, result
+    assert result["disconnects"], result
