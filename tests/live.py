@@ -391,7 +391,7 @@ class RoundRobinProxy:
     Not sticky: a client's next connection (a poll, a POST, the WebSocket
     upgrade) may land on another backend, as behind a plain L4 balancer.
     ``first_lines[port]`` keeps the first request line of every connection
-    each backend got. A backend that refuses is a dropped connection.
+    each backend got. A backend that refuses is skipped for the next one.
     """
 
     def __init__(self, backends: list[int]) -> None:
@@ -424,11 +424,16 @@ class RoundRobinProxy:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        backend = self.backends[self._count % len(self.backends)]
+        start = self._count
         self._count += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection(HOST, backend)
-        except OSError:
+        for attempt in range(len(self.backends)):
+            backend = self.backends[(start + attempt) % len(self.backends)]
+            try:
+                up_reader, up_writer = await asyncio.open_connection(HOST, backend)
+                break
+            except OSError:
+                continue  # down: the next one, as a balancer's health check would
+        else:
             writer.close()
             return
         first = await reader.read(65536)
