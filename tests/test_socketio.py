@@ -195,3 +195,48 @@ def test_reconnect_through_the_other_process_after_a_kill(
     assert result["final"] == "succeeded"
     assert result["connects"] >= 2, result
     assert result["disconnects"], result
+
+
+def test_polling_refusals_and_an_idle_session_leaves_nothing(live: LiveStack) -> None:
+    import httpx
+    import redis
+
+    base = f"{live.http_url}/socket.io/"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        assert (
+            http.get(base, params={"EIO": "3", "transport": "polling"}).status_code
+            == 400
+        )
+        bad = http.get(base, params={"EIO": "4", "transport": "pigeon"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"].startswith("transport:")
+        forged = http.get(
+            base, params={"EIO": "4", "transport": "polling", "sid": "x.y"}
+        )
+        assert forged.status_code == 400
+        foreign = http.get(
+            base,
+            params={"EIO": "4", "transport": "polling"},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert foreign.status_code == 403
+        opened = http.get(base, params={"EIO": "4", "transport": "polling"})
+        sid = json.loads(opened.text[1:])["sid"]
+        query = {"EIO": "4", "transport": "polling", "sid": sid}
+        big = http.post(base, params=query, content=b"4" * 20000)
+        assert big.status_code == 413
+        assert http.post(base, params=query, content=b"40/admin,").text == "ok"
+        assert (
+            http.get(base, params=query).text
+            == '44/admin,{"message":"Invalid namespace"}'
+        )
+        assert http.post(base, params=query, content=b"40").text == "ok"
+        first = http.get(base, params=query).text.split("\x1e")
+        assert first[0].startswith('40{"sid":')
+        # Never answer the pings: the next polls end on the close packet.
+        packets_seen = []
+        while "1" not in packets_seen:
+            packets_seen += http.get(base, params=query).text.split("\x1e")
+        assert http.get(base, params=query).status_code == 400
+    client = redis.Redis.from_url(live.redis_url)
+    assert client.keys(f"{live.channels_prefix}:sio:*") == []
