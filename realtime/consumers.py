@@ -5,18 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import uuid
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from payments import selectors
 from realtime import groups
 from realtime.ratelimit import TokenBucket
+from realtime.subscriptions import PaymentSubscriptions, SubscriptionRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -24,21 +22,6 @@ logger = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
-
-
-@database_sync_to_async
-def _payment_visible(payment_id: str, client_secret: str, user: Any) -> bool:
-    payment = selectors.payment_get_visible(
-        payment_id=payment_id, client_secret=client_secret, user=user
-    )
-    return payment is not None
-
-
-@database_sync_to_async
-def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | None:
-    return selectors.payment_public_data(
-        payment_id=payment_id, client_secret=client_secret, user=user
-    )
 
 
 # Channel-layer messages whose handlers touch no database.
@@ -78,10 +61,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         self.closing = False
         self.socket_id = groups.new_socket_id()
         self.joined: set[str] = set()
-        self.subscriptions: set[str] = set()
-        # payment id → highest version sent, so a change that reaches this
-        # socket through two groups (or a snapshot and a live frame) goes once.
-        self.sent_versions: dict[str, int] = {}
+        self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
         # Bursts big enough for a reconnecting client to subscribe again to
         # every payment it may follow at once.
         self.bucket = TokenBucket(
@@ -191,69 +171,21 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             )
 
     async def subscribe(self, content: dict[str, Any]) -> None:
-        payment_id = content.get("payment_id")
-        client_secret = content.get("client_secret", "")
-        if not isinstance(payment_id, str) or not payment_id:
-            await self.send_error("invalid_frame", "payment_id: must be a string.")
-            return
-        if not isinstance(client_secret, str):
-            await self.send_error("invalid_frame", "client_secret: must be a string.")
-            return
         try:
-            payment_id = str(uuid.UUID(payment_id))
-        except ValueError:
-            await self._not_found()
-            return
-        if (
-            payment_id not in self.subscriptions
-            and len(self.subscriptions) >= settings.REALTIME_MAX_SUBSCRIPTIONS
-        ):
-            await self.send_error(
-                "too_many_subscriptions",
-                f"payment_id: at most {settings.REALTIME_MAX_SUBSCRIPTIONS} "
-                "subscriptions per socket; unsubscribe first.",
+            snapshot = await self.subscriptions.subscribe(
+                content, self.scope.get("user")
             )
+        except SubscriptionRefusedError as refused:
+            await self.send_error(refused.code, refused.message)
             return
-        user = self.scope.get("user")
-        # Check before joining: a socket that joined the payment's group for
-        # a refused subscribe, even for a moment, could be sent a status
-        # change committed in that moment, and the frame would reach it.
-        if not await _payment_visible(payment_id, client_secret, user):
-            await self._not_found()
-            return
-        # Join before reading: a change committed after the read arrives as a
-        # live frame, one committed before it is in the snapshot, and
-        # _send_status drops whichever copy comes second. (On the pub/sub
-        # layer the join is a SUBSCRIBE written before the read; Redis runs
-        # it first unless the packet itself is delayed past the worker's
-        # PUBLISH, which a loopback or LAN link does not do.)
-        group = groups.payment_group(payment_id)
-        await self._join(group)
-        self.subscriptions.add(payment_id)
-        snapshot = await _payment_snapshot(payment_id, client_secret, user)
-        if snapshot is not None:  # it was visible a moment ago and stays so
+        if snapshot is not None:
             await self._send_status(snapshot)
 
-    async def _not_found(self) -> None:
-        await self.send_error(
-            "payment_not_found",
-            "payment_id: no payment with this id is visible to you.",
-        )
-
     async def unsubscribe(self, content: dict[str, Any]) -> None:
-        payment_id = content.get("payment_id")
         try:
-            # The same spelling subscribe stored, whatever case the client uses.
-            payment_id = str(uuid.UUID(payment_id))
-        except (TypeError, ValueError, AttributeError):
-            payment_id = None
-        if payment_id not in self.subscriptions:
-            await self.send_error(
-                "not_subscribed", "payment_id: this socket does not follow it."
-            )
-            return
-        self.subscriptions.discard(payment_id)
-        await self._leave(groups.payment_group(payment_id))
+            await self.subscriptions.unsubscribe(content)
+        except SubscriptionRefusedError as refused:
+            await self.send_error(refused.code, refused.message)
 
     # Channel-layer handlers ---------------------------------------------------
 
@@ -272,11 +204,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
     async def _send_status(self, payment: dict[str, Any]) -> None:
         if self.closing:
             return
-        payment_id, version = str(payment["id"]), int(payment["version"])
-        if version <= self.sent_versions.get(payment_id, 0):
-            return
-        self.sent_versions[payment_id] = version
-        await self.send_json({"event": "payment-status", "data": payment})
+        if self.subscriptions.is_new(payment):
+            await self.send_json({"event": "payment-status", "data": payment})
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json(

@@ -7,10 +7,12 @@ from django.urls import re_path
 
 from realtime.consumers import PaymentConsumer
 from realtime.security import refuse_handshake
+from realtime.socketio.websocket import WebSocketConsumer as SocketIOWebSocketConsumer
 
 websocket_urlpatterns = [
     # Without the slash too, as the REST create routes accept both.
     re_path(r"^ws/payments/?$", PaymentConsumer.as_asgi()),
+    re_path(r"^socket\.io/$", SocketIOWebSocketConsumer.as_asgi()),
 ]
 
 

@@ -75,6 +75,15 @@ def _normalized(origin: str) -> str | None:
     return f"{scheme}://{hostname}:{port}"
 
 
+def host_allowed(scope: dict[str, Any]) -> bool:
+    """Tell whether the scope's Host is in ALLOWED_HOSTS, as Django requires."""
+    try:
+        scope_request(scope).get_host()
+    except DisallowedHost:
+        return False
+    return True
+
+
 def origin_allowed(scope: dict[str, Any]) -> bool:
     """Tell whether a browser page at the scope's Origin may use this connection.
 

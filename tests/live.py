@@ -7,12 +7,14 @@ the same port and environment, so tests can crash and restart the service.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -381,3 +383,71 @@ class SlowChargeGateway(SimulatedGateway):
         result = super().charge(payment=payment)
         time.sleep(float(os.environ.get("PAYMENTS_TEST_CHARGE_LATENCY", "1")))
         return result
+
+
+class RoundRobinProxy:
+    """A TCP proxy sending each new connection to the next backend in turn.
+
+    Not sticky: a client's next connection (a poll, a POST, the WebSocket
+    upgrade) may land on another backend, as behind a plain L4 balancer.
+    ``first_lines[port]`` keeps the first request line of every connection
+    each backend got. A backend that refuses is skipped for the next one.
+    """
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.first_lines: dict[int, list[str]] = {port: [] for port in backends}
+        self._count = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> RoundRobinProxy:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._serve, HOST, self.port), self._loop
+        ).result(START_TIMEOUT)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(STOP_TIMEOUT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(STOP_TIMEOUT)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        start = self._count
+        self._count += 1
+        for attempt in range(len(self.backends)):
+            backend = self.backends[(start + attempt) % len(self.backends)]
+            try:
+                up_reader, up_writer = await asyncio.open_connection(HOST, backend)
+                break
+            except OSError:
+                continue  # down: the next one, as a balancer's health check would
+        else:
+            writer.close()
+            return
+        first = await reader.read(65536)
+        self.first_lines[backend].append(first.split(b"\r\n", 1)[0].decode("latin-1"))
+        up_writer.write(first)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))

@@ -383,6 +383,21 @@ REALTIME_RATE_LIMIT = env.float("REALTIME_RATE_LIMIT", default=10.0)
 REALTIME_MAX_CONNECTIONS_PER_CLIENT = env.int(
     "REALTIME_MAX_CONNECTIONS_PER_CLIENT", default=50
 )
+# Socket.IO (/socket.io/): seconds between the server's pings, and seconds
+# the client has to answer one before the session is closed (Engine.IO's
+# pingInterval and pingTimeout; the client gives up after their sum).
+SOCKETIO_PING_INTERVAL = env.float("SOCKETIO_PING_INTERVAL", default=25.0)
+SOCKETIO_PING_TIMEOUT = env.float("SOCKETIO_PING_TIMEOUT", default=20.0)
+# Largest polling POST body, in bytes (Engine.IO's maxPayload); bigger ones
+# are refused 413 from their Content-Length. WebSocket frames keep
+# REALTIME_MAX_FRAME_BYTES.
+SOCKETIO_MAX_PAYLOAD = env.int("SOCKETIO_MAX_PAYLOAD", default=16384)
+# Whether polling answers a cross-origin request with credentials allowed
+# (Access-Control-Allow-Credentials), for a client using withCredentials.
+SOCKETIO_CORS_CREDENTIALS = env.bool("SOCKETIO_CORS_CREDENTIALS", default=False)
+# Redis connections per web process for sessions: each pending GET and each
+# upgraded WebSocket holds one while it waits.
+SOCKETIO_MAX_REDIS_CONNECTIONS = env.int("SOCKETIO_MAX_REDIS_CONNECTIONS", default=1000)
 
 # OPENAPI
 # ------------------------------------------------------------------------------

@@ -1,0 +1,296 @@
+"""A session's Socket.IO side: namespace, groups, subscriptions, heartbeat.
+
+It runs in the web process that opened the session (the "owner"), for as
+long as the session lives, whichever process serves the session's later
+requests: it holds the session's channel-layer channel, joined to
+``socket.<namespace sid>``, ``user.<id>`` and ``payment.<id>`` groups, so
+status changes reach it on any channel layer (the pub/sub one delivers only
+to a listening process); it turns them into packets for the client
+(``deliver``: the mailbox in Redis, or the WebSocket itself when the session
+opened on one) and takes the client's packets, which other processes send to
+its channel. It also sends the pings: a client whose owner died stops
+hearing them and reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from realtime import groups, notify
+from realtime.layers import LOST_MESSAGE_TYPE
+from realtime.ratelimit import TokenBucket
+from realtime.socketio import packets
+from realtime.socketio.packets import PacketError
+from realtime.socketio.sessions import MAILBOX_CAPACITY, SessionStore
+from realtime.subscriptions import PaymentSubscriptions, SubscriptionRefusedError
+
+logger = logging.getLogger(__name__)
+
+#: Channel-layer message types the owner's channel receives.
+PACKETS_TYPE = "sio.packets"  # {"packets": [engine packet, ...]} from the client
+CLOSE_TYPE = "sio.close"  # the client's transport is gone, or misbehaved
+
+# Owners alive in this process: tasks need a strong reference.
+_owners: set[SessionOwner] = set()
+
+
+class SessionOwner:
+    """Serve one Engine.IO session's default namespace from this process."""
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        user: Any,
+        store: SessionStore | None = None,
+        deliver: Callable[[list[str]], Awaitable[None]] | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Deliver through ``deliver`` if given (a WebSocket), else ``store``."""
+        self.sid = sid
+        self.user = user
+        self.store = store
+        self._deliver = deliver
+        self._on_close = on_close
+        self.layer = get_channel_layer()
+        self.channel = ""
+        self.namespace_sid: str | None = None
+        self.joined: set[str] = set()
+        self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
+        rate = settings.REALTIME_RATE_LIMIT
+        self.bucket = TokenBucket(
+            rate=rate, burst=max(2 * rate, settings.REALTIME_MAX_SUBSCRIPTIONS)
+        )
+        self.refused = 0
+        self.pong = asyncio.Event()
+        self.closed = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """Take a channel and start listening and pinging."""
+        self.channel = await self.layer.new_channel("sio.")
+        _owners.add(self)
+        self._tasks = [
+            asyncio.create_task(self._receive_loop(), name=f"sio-receive-{self.sid}"),
+            asyncio.create_task(self._ping_loop(), name=f"sio-ping-{self.sid}"),
+        ]
+
+    async def close(self, reason: str) -> None:
+        """End the session: leave the groups, tell the client, stop the tasks."""
+        if self.closed:
+            return
+        self.closed = True
+        logger.debug("socket.io session closed (%s)", reason)
+        for group in list(self.joined):
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(group, self.channel)
+        self.joined.clear()
+        with contextlib.suppress(Exception):
+            if self.store is not None:
+                await self.store.close()
+            if self._on_close is not None:
+                await self._on_close()
+        _owners.discard(self)
+        # Last, as it may cancel the task running this: a receive cancelled
+        # is how the pub/sub layer drops the channel's subscription.
+        for task in self._tasks:
+            task.cancel()
+
+    async def deliver(self, items: list[str]) -> None:
+        if self.closed or not items:
+            return
+        if self._deliver is not None:
+            await self._deliver(items)
+            return
+        assert self.store is not None
+        if await self.store.push(*items) > MAILBOX_CAPACITY:
+            await self.close("mailbox full: the client does not read")
+
+    # Loops --------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                message = await self.layer.receive(self.channel)
+                await self._dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The channel layer failed (Redis away): events may be lost, so
+            # the session ends and the client reconnects and subscribes.
+            logger.warning("socket.io owner lost its channel layer", exc_info=True)
+            await self.close("channel layer error")
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == notify.MESSAGE_TYPE:
+            await self._send_status(message["payment"])
+        elif kind == PACKETS_TYPE:
+            await self.handle(message["packets"])
+        elif kind == CLOSE_TYPE:
+            await self.close(message.get("reason", "transport closed"))
+        elif kind == LOST_MESSAGE_TYPE:
+            await self.close("channel layer subscription lost")
+
+    async def _ping_loop(self) -> None:
+        # Engine.IO v4: the server pings every pingInterval and the client
+        # must answer within pingTimeout; the interval runs from the pong.
+        interval = settings.SOCKETIO_PING_INTERVAL
+        timeout = settings.SOCKETIO_PING_TIMEOUT
+        try:
+            while not self.closed:
+                await asyncio.sleep(interval)
+                if self.store is not None and not await self.store.renew():
+                    await self.close("session gone from Redis")
+                    return
+                self.pong.clear()
+                await self.deliver([packets.PING])
+                try:
+                    await asyncio.wait_for(self.pong.wait(), timeout)
+                except TimeoutError:
+                    await self.close("ping timeout")
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("socket.io heartbeat failed", exc_info=True)
+            await self.close("heartbeat error")
+
+    # Client packets -----------------------------------------------------------
+
+    async def handle(self, items: list[str]) -> None:
+        """Act on Engine.IO packets from the client, in order."""
+        for item in items:
+            if self.closed:
+                return
+            try:
+                kind, data = packets.decode_engine(item)
+            except PacketError:
+                await self.close("invalid Engine.IO packet")
+                return
+            if kind == packets.PONG:
+                self.pong.set()
+            elif kind == packets.CLOSE:
+                await self.close("client closed")
+            elif kind == packets.MESSAGE:
+                if await self._allowed():
+                    await self._handle_socket(data)
+            # Pings, upgrades and noops from the client need no answer here.
+
+    async def _allowed(self) -> bool:
+        # realtime.ratelimit's bucket, as the JSON consumer uses it.
+        if not self.bucket.take():
+            self.refused += 1
+            if self.refused == 1:
+                await self.emit_error(
+                    "rate_limited",
+                    f"packet: at most {settings.REALTIME_RATE_LIMIT:g} packets a "
+                    "second; slow down or the session is closed.",
+                )
+            elif self.refused >= 2 * settings.REALTIME_RATE_LIMIT:
+                await self.close("flooding")
+            return False
+        if self.bucket.tokens >= self.bucket.burst - 1:
+            self.refused = 0
+        return True
+
+    async def _handle_socket(self, data: str) -> None:
+        try:
+            packet = packets.decode_socket(data)
+        except PacketError as exc:
+            await self.emit_error("invalid_packet", str(exc))
+            return
+        if packet.namespace != packets.DEFAULT_NAMESPACE:
+            if packet.type == packets.CONNECT:
+                await self.deliver(
+                    [
+                        packets.encode_socket(
+                            packets.CONNECT_ERROR,
+                            {"message": "Invalid namespace"},
+                            namespace=packet.namespace,
+                        )
+                    ]
+                )
+            return
+        if packet.type == packets.CONNECT:
+            await self._connect()
+        elif packet.type == packets.DISCONNECT:
+            await self._disconnect()
+        elif packet.type == packets.EVENT and self.namespace_sid is not None:
+            await self._event(packet.data)
+        elif packet.type in (packets.BINARY_EVENT, packets.BINARY_ACK):
+            await self.emit_error(
+                "binary_not_supported", "packet: binary events are not supported."
+            )
+        # ACKs (we never ask for one) and events before CONNECT are ignored.
+
+    async def _connect(self) -> None:
+        if self.namespace_sid is not None:
+            return
+        self.namespace_sid = groups.new_socket_id()
+        await self._join(groups.socket_group(self.namespace_sid))
+        user = self.user
+        if user is not None and user.is_authenticated:
+            await self._join(groups.user_group(user.pk))
+        await self.deliver(
+            [
+                packets.encode_socket(packets.CONNECT, {"sid": self.namespace_sid}),
+                packets.event("socket-id", self.namespace_sid),
+            ]
+        )
+
+    async def _disconnect(self) -> None:
+        for group in list(self.joined):
+            await self._leave(group)
+        self.namespace_sid = None
+        self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
+
+    async def _event(self, data: Any) -> None:
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            await self.emit_error(
+                "invalid_packet", "event: must be an array starting with its name."
+            )
+            return
+        name, args = data[0], data[1:]
+        content = args[0] if args and isinstance(args[0], dict) else {}
+        try:
+            if name == "subscribe":
+                snapshot = await self.subscriptions.subscribe(content, self.user)
+                if snapshot is not None:
+                    await self._send_status(snapshot)
+            elif name == "unsubscribe":
+                await self.subscriptions.unsubscribe(content)
+            else:
+                await self.emit_error(
+                    "unknown_event", "event: must be subscribe or unsubscribe."
+                )
+        except SubscriptionRefusedError as refused:
+            await self.emit_error(refused.code, refused.message)
+
+    # Server packets -------------------------------------------------------------
+
+    async def _send_status(self, payment: dict[str, Any]) -> None:
+        if self.namespace_sid is not None and self.subscriptions.is_new(payment):
+            await self.deliver([packets.event("payment-status", payment)])
+
+    async def emit_error(self, code: str, message: str) -> None:
+        """Tell the client of a refused packet, as the JSON protocol's error frame."""
+        if self.namespace_sid is not None:
+            await self.deliver(
+                [packets.event("error", {"code": code, "message": message})]
+            )
+
+    async def _join(self, group: str) -> None:
+        self.joined.add(group)
+        await self.layer.group_add(group, self.channel)
+
+    async def _leave(self, group: str) -> None:
+        await self.layer.group_discard(group, self.channel)
+        self.joined.discard(group)

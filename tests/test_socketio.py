@@ -1,0 +1,242 @@
+"""Socket.IO at /socket.io/: the real socket.io-client against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.live import LiveStack, RoundRobinProxy
+from tests.test_e2e import checked_stack
+
+pytestmark = pytest.mark.e2e
+
+TESTS = Path(__file__).resolve().parent
+ORIGIN = "http://localhost:3000"
+HEARTBEAT = {"SOCKETIO_PING_INTERVAL": "1", "SOCKETIO_PING_TIMEOUT": "2"}
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """The post's frontend script, its npm packages installed (npm ci)."""
+    if shutil.which("node") is None:
+        pytest.fail("node is needed for the Socket.IO tests (Node 20)")
+    if not (TESTS / "node_modules" / "socket.io-client").is_dir():
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=TESTS, check=True, timeout=300
+        )
+    return TESTS / "socketio_client.mjs"
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    with checked_stack(
+        isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="0.3", **HEARTBEAT
+    ) as stack:
+        yield stack
+
+
+def run_clients(
+    script: Path, url: str, *, timeout: float = 60, **options: Any
+) -> list[dict[str, Any]]:
+    """Run the node script; return one result per client."""
+    env = {**os.environ, "SIO_URL": url}
+    for name, value in options.items():
+        env[f"SIO_{name.upper()}"] = (
+            value if isinstance(value, str) else json.dumps(value)
+        )
+    done = subprocess.run(
+        ["node", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=TESTS,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode == 0 and lines and lines[-1] == {"done": True}, (
+        done.stdout,
+        done.stderr,
+    )
+    return [line for line in lines if "index" in line]
+
+
+TRANSPORT_MODES = [
+    pytest.param(None, "websocket", id="default"),
+    pytest.param(["websocket"], "websocket", id="websocket"),
+    pytest.param(["polling"], "polling", id="polling"),
+]
+
+
+@pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
+def test_post_frontend_gets_processing_then_succeeded(
+    live: LiveStack, node_client: Path, transports: list[str] | None, ends_on: str
+) -> None:
+    options = {"transports": transports} if transports else {}
+    [result] = run_clients(node_client, live.http_url, **options)
+    assert result["ok"], result
+    assert result["socketId"] == result["socketDotId"]
+    assert result["socketId"] != result["engineId"]
+    assert result["statuses"] == ["processing", "succeeded"], result
+    assert result["transport"] == ends_on
+    assert result["disconnects"] == []
+
+
+@pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
+def test_heartbeat_holds_ten_pings(
+    live: LiveStack, node_client: Path, transports: list[str] | None, ends_on: str
+) -> None:
+    options = {"transports": transports} if transports else {}
+    [result] = run_clients(node_client, live.http_url, pings="10", **options)
+    assert result["ok"], result
+    assert result["pings"] >= 10
+    assert result["disconnects"] == []
+    assert result["transport"] == ends_on
+
+
+def test_declined_card_arrives_as_failed(live: LiveStack, node_client: Path) -> None:
+    [result] = run_clients(
+        node_client, live.http_url, payment_method="pm_card_chargeDeclined"
+    )
+    assert result["ok"], result
+    assert result["statuses"] == ["processing", "failed"]
+    assert result["failureCode"] == "card_declined"
+
+
+@pytest.fixture
+def two_webs(
+    transactional_db: None, isolated_channel_layer: str
+) -> Iterator[tuple[LiveStack, LiveStack, RoundRobinProxy]]:
+    """Two web processes (each with a worker) behind a non-sticky proxy.
+
+    Heartbeat at its defaults' scale: 50 clients and four processes share
+    two cores, where 1-s pings met real timeouts.
+    """
+    options = {
+        "PAYMENTS_SIMULATED_DELAY": "0.3",
+        "SOCKETIO_PING_INTERVAL": "5",
+        "SOCKETIO_PING_TIMEOUT": "10",
+    }
+    with (
+        checked_stack(isolated_channel_layer, **options) as first,
+        checked_stack(isolated_channel_layer, **options) as second,
+        RoundRobinProxy([first.port, second.port]) as proxy,
+    ):
+        yield first, second, proxy
+
+
+def sids_in_log(stack: LiveStack) -> set[str]:
+    return set(re.findall(r"[?&]sid=([\w.-]+)", stack.web.output()))
+
+
+@pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
+def test_fifty_clients_across_two_processes_none_lost(
+    two_webs: tuple[LiveStack, LiveStack, RoundRobinProxy],
+    node_client: Path,
+    transports: list[str] | None,
+    ends_on: str,
+) -> None:
+    first, second, proxy = two_webs
+    options = {"transports": transports} if transports else {}
+    results = run_clients(node_client, proxy.url, clients="50", timeout=120, **options)
+    assert len(results) == 50
+    failed = [r for r in results if not r["ok"]]
+    assert not failed, failed[:3]
+    odd = [r for r in results if r["statuses"] != ["processing", "succeeded"]]
+    assert not odd, odd[:3]
+    assert all(r["transport"] == ends_on for r in results)
+    assert len({r["socketId"] for r in results}) == 50
+    for port in (first.port, second.port):
+        assert any("/socket.io/" in line for line in proxy.first_lines[port]), port
+    if ends_on == "polling" or transports is None:
+        # One session's requests served by both processes: no stickiness.
+        assert sids_in_log(first) & sids_in_log(second)
+
+
+def test_reconnect_through_the_other_process_after_a_kill(
+    transactional_db: None, isolated_channel_layer: str, node_client: Path
+) -> None:
+    options = {"PAYMENTS_SIMULATED_DELAY": "3", **HEARTBEAT}
+    with (
+        checked_stack(isolated_channel_layer, **options) as first,
+        checked_stack(isolated_channel_layer, **options) as second,
+        RoundRobinProxy([first.port, second.port]) as proxy,
+    ):
+        env = {**os.environ, "SIO_URL": proxy.url, "SIO_TIMEOUT_MS": "40000"}
+        node = subprocess.Popen(
+            ["node", str(node_client)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=TESTS,
+        )
+        try:
+            assert node.stdout is not None
+            paid = json.loads(node.stdout.readline())
+            assert "paid" in paid, paid
+            # The handshake was the proxy's first connection: the owner of
+            # the session is the first web process.
+            first.kill_web()
+            out, err = node.communicate(timeout=60)
+        finally:
+            node.kill()
+        first.start_web()
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    [result] = [line for line in lines if "index" in line]
+    assert result["ok"], (result, err)
+    assert result["final"] == "succeeded"
+    assert result["connects"] >= 2, result
+    assert result["disconnects"], result
+
+
+def test_polling_refusals_and_an_idle_session_leaves_nothing(live: LiveStack) -> None:
+    import httpx
+    import redis
+
+    base = f"{live.http_url}/socket.io/"
+    with httpx.Client(trust_env=False, timeout=20) as http:
+        assert (
+            http.get(base, params={"EIO": "3", "transport": "polling"}).status_code
+            == 400
+        )
+        bad = http.get(base, params={"EIO": "4", "transport": "pigeon"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["message"].startswith("transport:")
+        forged = http.get(
+            base, params={"EIO": "4", "transport": "polling", "sid": "x.y"}
+        )
+        assert forged.status_code == 400
+        foreign = http.get(
+            base,
+            params={"EIO": "4", "transport": "polling"},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert foreign.status_code == 403
+        opened = http.get(base, params={"EIO": "4", "transport": "polling"})
+        sid = json.loads(opened.text[1:])["sid"]
+        query = {"EIO": "4", "transport": "polling", "sid": sid}
+        big = http.post(base, params=query, content=b"4" * 20000)
+        assert big.status_code == 413
+        assert http.post(base, params=query, content=b"40/admin,").text == "ok"
+        assert (
+            http.get(base, params=query).text
+            == '44/admin,{"message":"Invalid namespace"}'
+        )
+        assert http.post(base, params=query, content=b"40").text == "ok"
+        first = http.get(base, params=query).text.split("\x1e")
+        assert first[0].startswith('40{"sid":')
+        # Never answer the pings: the next polls end on the close packet.
+        packets_seen = []
+        while "1" not in packets_seen:
+            packets_seen += http.get(base, params=query).text.split("\x1e")
+        assert http.get(base, params=query).status_code == 400
+    client = redis.Redis.from_url(live.redis_url)
+    assert client.keys(f"{live.channels_prefix}:sio:*") == []
