@@ -8,8 +8,12 @@
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
 - Keepalive pings every 45 s (daphne: 20 s), closing after 60 s unanswered.
-- The access log shows ``client_secret=[redacted]``: daphne logs each
-  request's query string, and the polling fallback carries the secret there.
+- The access log shows ``client_secret=[redacted]`` (however the name is
+  spelled): daphne logs each request's query string, and the polling
+  fallback carries the secret there.
+- HTTP requests go through realtime.http_edge: body limits before the body
+  is read, a deadline for the request head, no client-set root path, and
+  JSON errors.
 
 Run it exactly like daphne:
 
@@ -19,6 +23,7 @@ Run it exactly like daphne:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -27,6 +32,8 @@ from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
+
+from realtime.http_edge import LimitedHTTPFactory
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +44,25 @@ SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 CLOSE_TIMEOUT = 5.0
 PING_INTERVAL = 45
 PING_TIMEOUT = 60
-#: Query parameters whose values never reach the access log.
-SECRET_QUERY_PARAMETERS = frozenset({"client_secret"})
+#: A query parameter whose name, reduced to its letters, contains this never
+#: has its value logged.
+REDACTED_NAME_PART = "secret"
+NOT_A_LETTER = re.compile(r"[^a-z]")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query parameter's raw name spells a secret in any way.
+
+    Decoded until stable (client%255Fsecret too) and reduced to letters, so
+    case, brackets, whitespace and separators cannot hide one: logging a
+    harmless parameter as redacted costs nothing, leaking a secret does.
+    """
+    for _ in range(5):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return REDACTED_NAME_PART in NOT_A_LETTER.sub("", name.lower())
 
 
 def redact_query(path: str) -> str:
@@ -49,8 +73,7 @@ def redact_query(path: str) -> str:
     parts = []
     for part in query.split("&"):
         name, equals, _ = part.partition("=")
-        # Compared decoded, as Django reads it: client%5Fsecret is the same.
-        if equals and unquote_plus(name).strip().lower() in SECRET_QUERY_PARAMETERS:
+        if equals and is_secret_name(name):
             part = f"{name}=[redacted]"
         parts.append(part)
     return f"{base}?{'&'.join(parts)}"
@@ -103,6 +126,9 @@ class GracefulServer(Server):
         super().run()
 
     def _use_server_protocol(self) -> None:
+        # daphne builds its HTTP factory inside run(), just before listening;
+        # make it ours before the first connection is accepted.
+        self.http_factory.__class__ = LimitedHTTPFactory
         self.ws_factory.protocol = ServerWebSocketProtocol
         # Fail a bad connection (an oversized message) with a close frame the
         # client can read (1009), not by dropping TCP (1006).

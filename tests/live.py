@@ -41,6 +41,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def rss_bytes(pid: int) -> int:
+    """Return a process's resident set size (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def database_url(settings_dict: dict[str, Any]) -> str:
     """Return a DATABASE_URL (django-environ) for the database in settings_dict."""
     engine, name = settings_dict["ENGINE"], str(settings_dict["NAME"])
@@ -347,9 +355,14 @@ def live_stack(
     redis_url: str,
     channels_prefix: str,
     worker_interval: str = "0.05",
+    worker: bool = True,
     **extra_env: str,
 ) -> Iterator[LiveStack]:
-    """Run daphne (config.asgi) and db_worker until the block ends."""
+    """Run daphne (config.asgi) and db_worker until the block ends.
+
+    With ``worker=False`` only the web process runs (tests of the server's
+    own edges, which never reach a job).
+    """
     env = process_env(
         DJANGO_SETTINGS_MODULE="config.settings.test",
         DATABASE_URL=database_url,
@@ -362,7 +375,8 @@ def live_stack(
     stack.worker_interval = worker_interval
     try:
         stack.start_web(wait=False)
-        stack.start_worker()
+        if worker:
+            stack.start_worker()
         stack.web.wait_for_port(stack.port)
         yield stack
     finally:

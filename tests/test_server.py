@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from realtime.http_edge import body_limit
 from realtime.server import GracefulCommandLineInterface, redact_query
 
 APP = "config.asgi:application"
@@ -34,9 +35,32 @@ def test_flags_still_win() -> None:
             "/api/p/1/?a=1&client%5Fsecret=abc",
             "/api/p/1/?a=1&client%5Fsecret=[redacted]",
         ),
+        ("/p/?client_secret[]=abc", "/p/?client_secret[]=[redacted]"),
+        ("/p/?client_secret%5B%5D=abc", "/p/?client_secret%5B%5D=[redacted]"),
+        ("/p/?CLIENT_SECRET=abc", "/p/?CLIENT_SECRET=[redacted]"),
+        ("/p/?client%255Fsecret=abc", "/p/?client%255Fsecret=[redacted]"),
+        ("/p/?+client_secret+=abc", "/p/?+client_secret+=[redacted]"),
+        ("/p/?client-secret=abc", "/p/?client-secret=[redacted]"),
         ("/api/p/1/?a=1", "/api/p/1/?a=1"),
         ("/api/p/1/", "/api/p/1/"),
     ],
 )
 def test_access_log_redacts_client_secret(path: str, logged: str) -> None:
     assert redact_query(path) == logged
+
+
+@pytest.mark.parametrize(
+    ("target", "limit"),
+    [
+        (b"/api/payments/", 100),
+        (b"/api/payments/?a=1", 100),
+        (b"/%61pi/payments/", 100),  # Django decodes it to /api/
+        (b"http://evil.example/api/payments/", 100),  # absolute form
+        (b"/admin/login/", 1000),
+        (b"*", 100),  # matches no prefix: the smallest
+    ],
+)
+def test_body_limit_by_longest_path_prefix(settings, target: bytes, limit: int) -> None:
+    settings.WEB_MAX_BODY_BYTES = {"/api/": 100, "/": 1000}
+
+    assert body_limit(target) == limit

@@ -191,7 +191,7 @@ async def test_unknown_paths_are_refused_at_the_handshake(live: LiveStack) -> No
         "/ws/payments/x/",
         "/ws/payments//",
         "/api/payments/",
-        "/socket.io/?EIO=4&transport=websocket",
+        "/socket.io/extra/?EIO=4&transport=websocket",
         "/%C3%A9/",
     ]:
         await expect_refused(live, path=path)

@@ -399,6 +399,24 @@ SOCKETIO_CORS_CREDENTIALS = env.bool("SOCKETIO_CORS_CREDENTIALS", default=False)
 # upgraded WebSocket holds one while it waits.
 SOCKETIO_MAX_REDIS_CONNECTIONS = env.int("SOCKETIO_MAX_REDIS_CONNECTIONS", default=1000)
 
+# WEB SERVER (realtime.server, realtime.http_edge)
+# ------------------------------------------------------------------------------
+# Largest request body in bytes, by path prefix (the longest match wins;
+# a path none matches gets the smallest): "/api/=65536;/=2621440". A body
+# over it is answered 413 before it is read (declared) or as soon as it
+# passes the limit (chunked). "/" matches DATA_UPLOAD_MAX_MEMORY_SIZE.
+WEB_MAX_BODY_BYTES = env.dict(
+    "WEB_MAX_BODY_BYTES",
+    cast={"value": int},
+    default={"/api/": 64 * 1024, "/": 2_621_440},
+)
+# Seconds a connection has to send a whole request head, from its opening
+# or the end of its previous response (then it is closed; 0: no deadline).
+WEB_HEAD_TIMEOUT = env.float("WEB_HEAD_TIMEOUT", default=10.0)
+# Whether a Daphne-Root-Path header sets the application's mount point; only
+# behind a proxy that sets it (and drops it from clients).
+WEB_TRUST_ROOT_PATH_HEADER = env.bool("WEB_TRUST_ROOT_PATH_HEADER", default=False)
+
 # OPENAPI
 # ------------------------------------------------------------------------------
 SPECTACULAR_SETTINGS = {

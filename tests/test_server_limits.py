@@ -1,0 +1,503 @@
+"""The web server's edges against a real realtime.server process.
+
+Raw sockets, because the attacks are below what an HTTP library will send:
+bodies refused before they are read, heads trickled a byte at a time,
+malformed heads, chunked bodies, client-set Daphne-Root-Path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from realtime.http_edge import LINGER
+from tests.live import HOST, LiveStack, database_url, live_stack, rss_bytes
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 10.0
+HEAD_TIMEOUT = 2.0
+API_LIMIT = 64 * 1024
+CREATE = "/api/payments/"
+HUGE = 200 * 1024 * 1024
+CHUNK = 1024 * 1024
+#: What the web's resident memory may grow by while refusing a huge body.
+RSS_SLACK = 5 * 1024 * 1024
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> dict[str, Any]:
+        """The JSON error, checked to be the API's shape."""
+        assert self.headers["content-type"] == "application/json", self
+        payload = json.loads(self.body)
+        assert set(payload) == {"error"}, payload
+        assert {"code", "message"} <= set(payload["error"]), payload
+        return payload["error"]
+
+
+class RawClient:
+    """One TCP connection speaking HTTP/1.1 by hand."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv(self, deadline: float) -> bytes:
+        self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        return self.sock.recv(65536)
+
+    def response(self, timeout: float = TIMEOUT) -> Response:
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buffer:
+            data = self._recv(deadline)
+            if not data:
+                raise ConnectionError(f"closed before a response: {self.buffer!r}")
+            self.buffer += data
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        while len(self.buffer) < length:
+            self.buffer += self._recv(deadline)
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return Response(int(status_line.split()[1]), headers, body)
+
+    def wait_closed(self, timeout: float) -> bytes:
+        """Return what arrived before the server closed; fail on timeout."""
+        deadline = time.monotonic() + timeout
+        received = self.buffer
+        try:
+            while data := self._recv(deadline):
+                received += data
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            pytest.fail(f"still open after {timeout} s; received {received!r}")
+        return received
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def request_head(method: str, path: str, *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout} s")
+        time.sleep(0.05)  # polling /proc, not synchronising on an event
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=isolated_channel_layer,
+        worker=False,
+        WEB_HEAD_TIMEOUT=str(HEAD_TIMEOUT),
+    ) as stack:
+        yield stack
+        crashed = [p.name for p in stack.processes if p.returncode is not None]
+    for process in stack.history:
+        print(process.report())  # shown when the test fails
+    assert not crashed, f"exited during the test: {crashed}"
+    assert not [p.name for p in stack.history if "Traceback" in p.output()]
+
+
+def create(live: LiveStack, *headers: str) -> Response:
+    """POST a valid payment on a fresh connection; return the response."""
+    body = b'{"amount": 1000}'
+    client = RawClient(live.port)
+    try:
+        client.send(
+            request_head(
+                "POST",
+                CREATE,
+                "Content-Type: application/json",
+                f"Content-Length: {len(body)}",
+                *headers,
+            )
+            + body
+        )
+        return client.response()
+    finally:
+        client.close()
+
+
+def warm(live: LiveStack) -> None:
+    """One request through the whole stack, so imports and caches are in RSS."""
+    assert create(live).status == 202
+
+
+# 1. Request bodies ---------------------------------------------------------------
+
+
+def upload(client: RawClient, chunks: Iterator[bytes]) -> threading.Thread:
+    """Send ``chunks`` from a thread until they end or the server cuts us off."""
+
+    def send_all() -> None:
+        try:
+            for chunk in chunks:
+                client.sock.sendall(chunk)
+        except OSError:
+            pass  # the server stopped reading: what it should do
+
+    thread = threading.Thread(target=send_all, daemon=True)
+    thread.start()
+    return thread
+
+
+def zeros(total: int, *, chunked: bool) -> Iterator[bytes]:
+    block = b"0" * CHUNK
+    for _ in range(total // CHUNK):
+        yield b"%x\r\n%s\r\n" % (CHUNK, block) if chunked else block
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+def test_200_mb_body_is_refused_at_once_without_memory(
+    live: LiveStack, chunked: bool
+) -> None:
+    warm(live)
+    pid = live.web.popen.pid
+    rss_before, fds_before = rss_bytes(pid), open_fds(pid)
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {HUGE}"
+    client = RawClient(live.port)
+
+    started = time.monotonic()
+    client.send(request_head("POST", CREATE, "Content-Type: application/json", framing))
+    sender = upload(client, zeros(HUGE, chunked=chunked))
+    response = client.response(timeout=TIMEOUT)
+    answered_after = time.monotonic() - started
+
+    assert response.status == 413, response
+    assert answered_after < 1.0
+    client.wait_closed(timeout=LINGER + 2)
+    grown = rss_bytes(pid) - rss_before
+    assert grown < RSS_SLACK, f"web RSS grew {grown / 2**20:.1f} MiB"
+    error = response.error()
+    assert error["code"] == "request_too_large"
+    assert error["message"] == f"body: larger than {API_LIMIT} bytes."
+    assert response.headers["connection"] == "close"
+    client.close()
+    sender.join(TIMEOUT)
+    wait_for(lambda: open_fds(pid) <= fds_before, TIMEOUT, "the socket's release")
+
+
+def test_declared_body_over_limit_gets_no_100_continue(live: LiveStack) -> None:
+    client = RawClient(live.port)
+    client.send(
+        request_head(
+            "POST",
+            CREATE,
+            "Content-Type: application/json",
+            f"Content-Length: {API_LIMIT + 1}",
+            "Expect: 100-continue",
+        )
+    )
+
+    response = client.response()
+
+    assert response.status == 413, response
+    assert response.error()["code"] == "request_too_large"
+    assert client.wait_closed(timeout=LINGER + 2) == b""
+
+
+def test_body_at_the_limit_is_read(live: LiveStack) -> None:
+    # The largest body allowed reaches Django, which answers it (a JSON 400:
+    # it is padding, not a payment); one byte more is the server's 413.
+    body = b'{"amount": 1000, "description": "' + b"x" * API_LIMIT
+    body = body[:API_LIMIT]
+    client = RawClient(live.port)
+    client.send(
+        request_head(
+            "POST",
+            CREATE,
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        )
+        + body
+    )
+
+    response = client.response()
+
+    assert response.status == 400, response
+    assert response.error()["code"] == "parse_error"
+
+
+def test_admin_may_post_more_than_the_api(live: LiveStack) -> None:
+    body = b"x" * (API_LIMIT * 2)
+    client = RawClient(live.port)
+    client.send(
+        request_head(
+            "POST",
+            "/admin/login/",
+            "Content-Type: application/x-www-form-urlencoded",
+            f"Content-Length: {len(body)}",
+        )
+        + body
+    )
+
+    # Django's answer (CSRF), not the server's 413.
+    assert client.response().status == 403
+
+
+# 13. Chunked request bodies --------------------------------------------------------
+
+
+def test_chunked_body_is_read(live: LiveStack) -> None:
+    body = b'{"amount": 1000}'
+    client = RawClient(live.port)
+    client.send(
+        request_head(
+            "POST",
+            CREATE,
+            "Content-Type: application/json",
+            "Transfer-Encoding: chunked",
+        )
+        + b"%x\r\n%s\r\n" % (6, body[:6])
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body) - 6, body[6:])
+    )
+
+    response = client.response()
+
+    assert response.status == 202, response
+    assert json.loads(response.body)["amount"] == 1000
+
+
+# 12b. Slowloris --------------------------------------------------------------------
+
+
+def test_trickled_head_is_closed_within_the_bound_while_others_are_served(
+    live: LiveStack,
+) -> None:
+    slow = RawClient(live.port)
+    opened = time.monotonic()
+    slow.send(b"POST /api/payments/ HTTP/1.1\r\nHost: x\r\n")
+    stop = threading.Event()
+
+    def trickle() -> None:
+        # A byte every 0.2 s: far inside twisted's 60 s idle timeout, which
+        # each byte resets.
+        try:
+            while not stop.wait(0.2):
+                slow.sock.send(b"a")
+        except OSError:
+            pass
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        assert create(live).status == 202  # served meanwhile
+
+        response = slow.response(timeout=HEAD_TIMEOUT + TIMEOUT)
+        closed = slow.wait_closed(timeout=LINGER + 2)
+    finally:
+        stop.set()
+        trickler.join(TIMEOUT)
+        slow.close()
+
+    assert response.status == 408, response
+    error = response.error()
+    assert error["code"] == "request_timeout"
+    assert error["message"].startswith("headers: ")
+    assert closed == b""
+    assert time.monotonic() - opened < HEAD_TIMEOUT + LINGER + 1
+
+
+def test_idle_connection_is_closed_without_an_answer(live: LiveStack) -> None:
+    idle = RawClient(live.port)
+    opened = time.monotonic()
+
+    assert idle.wait_closed(timeout=HEAD_TIMEOUT + TIMEOUT) == b""
+    assert time.monotonic() - opened < HEAD_TIMEOUT + 1
+
+
+def test_keep_alive_connection_serves_one_request_after_another(
+    live: LiveStack,
+) -> None:
+    client = RawClient(live.port)
+    missing = f"/api/payments/{uuid.uuid4()}/"
+    for _ in range(3):
+        client.send(request_head("GET", missing))
+        assert client.response().status == 404
+
+
+# Server errors in the API's shape --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        pytest.param(b"NONSENSE\r\n\r\n", "head", id="request-line"),
+        pytest.param(
+            request_head("GET", CREATE, "Bad Name: x"), "head", id="header-name"
+        ),
+        pytest.param(
+            request_head("GET", CREATE, "X-A: " + "a" * 20000),
+            "head",
+            id="head-too-large",
+        ),
+        pytest.param(
+            request_head("POST", CREATE, "Content-Length: 12abc"),
+            "head",
+            id="content-length",
+        ),
+        pytest.param(b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n", "head", id="path"),
+        pytest.param(b"GET /?a=\xff HTTP/1.1\r\nHost: x\r\n\r\n", "head", id="query"),
+        pytest.param(
+            request_head(
+                "POST",
+                CREATE,
+                "Content-Type: application/json",
+                "Transfer-Encoding: chunked",
+            )
+            + b"zz\r\n",
+            "body",
+            id="chunk-size",
+        ),
+    ],
+)
+def test_server_errors_are_json(live: LiveStack, raw: bytes, field: str) -> None:
+    client = RawClient(live.port)
+    client.send(raw)
+
+    response = client.response()
+
+    assert response.status == 400, response
+    error = response.error()
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith(f"{field}: ")
+
+
+# 6 and 5c. Daphne-Root-Path ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"https://evil.example", "/caf\u00e9".encode(), b"\xff\xfe"],
+    ids=["absolute-url", "non-ascii", "not-utf8"],
+)
+def test_client_root_path_is_ignored(live: LiveStack, value: bytes) -> None:
+    body = b'{"amount": 1000}'
+    client = RawClient(live.port)
+    client.send(
+        request_head(
+            "POST",
+            CREATE,
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+        )[:-2]
+        + b"Daphne-Root-Path: "
+        + value
+        + b"\r\n\r\n"
+        + body
+    )
+
+    response = client.response()
+
+    assert response.status == 202, response
+    payment = json.loads(response.body)
+    assert response.headers["location"] == f"/api/payments/{payment['id']}/"
+
+
+@pytest.fixture
+def proxied(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    """A web process told a proxy in front sets Daphne-Root-Path."""
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=isolated_channel_layer,
+        worker=False,
+        WEB_TRUST_ROOT_PATH_HEADER="true",
+    ) as stack:
+        yield stack
+    for process in stack.history:
+        print(process.report())
+    assert not [p.name for p in stack.history if "Traceback" in p.output()]
+
+
+def test_trusted_root_path_prefixes_location(proxied: LiveStack) -> None:
+    response = create(proxied, "Daphne-Root-Path: /pay")
+
+    assert response.status == 202, response
+    payment = json.loads(response.body)
+    assert response.headers["location"] == f"/pay/api/payments/{payment['id']}/"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"https://evil.example", "/caf\u00e9".encode()],
+    ids=["absolute-url", "non-ascii"],
+)
+def test_trusted_root_path_must_be_an_ascii_path(
+    proxied: LiveStack, value: bytes
+) -> None:
+    client = RawClient(proxied.port)
+    client.send(
+        request_head("GET", CREATE)[:-2] + b"Daphne-Root-Path: " + value + b"\r\n\r\n"
+    )
+
+    response = client.response()
+
+    assert response.status == 400, response
+    error = response.error()
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith("Daphne-Root-Path: ")
+
+
+# 14a. The access log -----------------------------------------------------------------
+
+
+def test_access_log_redacts_every_spelling_of_client_secret(live: LiveStack) -> None:
+    marker = uuid.uuid4().hex
+    spellings = [
+        "client_secret[]",
+        "CLIENT_SECRET",
+        "client%5Fsecret",
+        "client%255Fsecret",
+        "+client_secret+",
+        "client_secret%5B0%5D",
+    ]
+    query = "&".join(f"{name}=TOPSECRET{i}" for i, name in enumerate(spellings))
+    client = RawClient(live.port)
+    client.send(
+        request_head("GET", f"/api/payments/{uuid.uuid4()}/?{query}&m={marker}")
+    )
+
+    assert client.response().status == 404
+    live.web.wait_for_output(f"m={marker}")  # the fence: the request's log line
+
+    assert "TOPSECRET" not in live.web.output()
