@@ -28,7 +28,7 @@ class ApiErrorsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        if not is_api_path(request.path):
+        if not is_api_path(request.path_info):
             return self.get_response(request)
         try:
             request.get_host()

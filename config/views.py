@@ -30,34 +30,35 @@ def api_not_found(request: HttpRequest) -> HttpResponse:
     loses a POST's body. The answer names the path to use instead.
     """
     message = "path: no API endpoint here."
-    with_slash = f"{request.path}/"
     try:
-        if resolve(with_slash).url_name != "api-not-found":
-            message = f"path: no API endpoint here; use {with_slash} (with the slash)."
+        if resolve(f"{request.path_info}/").url_name != "api-not-found":
+            message = (
+                f"path: no API endpoint here; use {request.path}/ (with the slash)."
+            )
     except Resolver404:
         pass
     return error_response(404, "not_found", message)
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if is_api_path(request.path):
+    if is_api_path(request.path_info):
         return http_error_response(400, exception)
     return defaults.bad_request(request, exception)
 
 
 def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if is_api_path(request.path):
+    if is_api_path(request.path_info):
         return http_error_response(403, exception)
     return defaults.permission_denied(request, exception)
 
 
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
-    if is_api_path(request.path):
+    if is_api_path(request.path_info):
         return http_error_response(404, exception)
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    if is_api_path(request.path):
+    if is_api_path(request.path_info):
         return http_error_response(500)
     return defaults.server_error(request)

@@ -90,6 +90,21 @@ async def test_more_query_fields_than_django_parses_gets_json_400(api) -> None:
         assert error["code"] == "too_many_fields"
 
 
+async def test_more_form_fields_than_django_parses_gets_json_400(api) -> None:
+    # The token endpoint also takes form bodies (DRF's ObtainAuthToken).
+    body = "&".join(
+        f"f{i}=1" for i in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1)
+    )
+
+    response = await api.post(
+        "/api/auth/token/",
+        content=body.encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert check(response, 400, "body")["code"] == "too_many_fields"
+
+
 async def test_a_cors_preflight_is_204_with_no_body_and_no_type(api) -> None:
     preflight = {
         "Access-Control-Request-Method": "POST",
