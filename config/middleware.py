@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
 from config.views import is_api_path
-from payments.errors import http_error_response
+from payments.errors import http_error_response, log_suspicious
 
 
 class ApiErrorsMiddleware:
@@ -33,6 +33,7 @@ class ApiErrorsMiddleware:
         try:
             request.get_host()
         except DisallowedHost as exc:
+            log_suspicious(exc, request)
             return http_error_response(400, exc)
         response = self.get_response(request)
         content_type = response.get("Content-Type", "").split(";")[0]

@@ -17,12 +17,17 @@ from django.core.exceptions import (
     TooManyFieldsSent,
 )
 from django.db import OperationalError
-from django.http import Http404
+from django.http import Http404, HttpResponseBase
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from payments.errors import ApplicationError, error_body, http_error_response
+from payments.errors import (
+    ApplicationError,
+    error_body,
+    http_error_response,
+    log_suspicious,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,9 @@ def _fields(detail: Any) -> dict[str, list[str]]:
     return {"body": _flatten(detail)}
 
 
-def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+def api_exception_handler(
+    exc: Exception, context: dict[str, Any]
+) -> HttpResponseBase | None:
     if isinstance(exc, ApplicationError):
         message = f"{exc.field}: {exc.message}" if exc.field else exc.message
         fields = None
@@ -61,7 +68,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
     if isinstance(exc, SuspiciousOperation):
         # Django's own answer is its HTML 400 page (or, with DEBUG, its
-        # technical page); Django's security log still records it.
+        # technical page).
+        log_suspicious(exc, context["request"]._request)
         return http_error_response(
             status.HTTP_400_BAD_REQUEST, exc, field=_too_many_fields_in(context)
         )

@@ -4,17 +4,14 @@ from payments import apis
 
 app_name = "payments"
 
-# Mounted at "api/payments" (no slash): the create routes are served with or
-# without their trailing slash, as a redirect to add it would lose the POST's
-# body.
 urlpatterns = [
-    re_path(r"^/?$", apis.PaymentListCreateApi.as_view(), name="list-create"),
+    path("", apis.PaymentListCreateApi.as_view(), name="list-create"),
     re_path(
-        r"^/make-payment-with-socket/?$",
+        r"^make-payment-with-socket/?$",
         apis.SeedPaymentCreateApi.as_view(),
         name="seed-create",
     ),
     # A str, not a uuid converter: a malformed id must get the API's JSON 404,
     # not the URL resolver's HTML one.
-    path("/<str:payment_id>/", apis.PaymentDetailApi.as_view(), name="detail"),
+    path("<str:payment_id>/", apis.PaymentDetailApi.as_view(), name="detail"),
 ]

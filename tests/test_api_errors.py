@@ -64,7 +64,7 @@ def api(request, settings, asgi_client: httpx.AsyncClient) -> httpx.AsyncClient:
 # Requests Django answers before a view ----------------------------------------
 
 
-async def test_a_host_outside_allowed_hosts_gets_json_400(api) -> None:
+async def test_a_host_outside_allowed_hosts_gets_json_400(api, caplog) -> None:
     for method, path in [("GET", DETAIL), ("POST", "/api/payments/")]:
         response = await api.request(
             method,
@@ -76,9 +76,12 @@ async def test_a_host_outside_allowed_hosts_gets_json_400(api) -> None:
         error = check(response, 400, "Host")
         assert error["code"] == "invalid_host"
         assert "evil.example" not in response.text
+    # Django's security log still hears of each, as when Django answers.
+    logged = [r for r in caplog.records if r.name == "django.security.DisallowedHost"]
+    assert len(logged) == 2, caplog.records
 
 
-async def test_more_query_fields_than_django_parses_gets_json_400(api) -> None:
+async def test_more_query_fields_than_django_parses_gets_json_400(api, caplog) -> None:
     query = "&".join(
         f"f{i}=1" for i in range(settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1)
     )
@@ -88,6 +91,8 @@ async def test_more_query_fields_than_django_parses_gets_json_400(api) -> None:
 
         error = check(response, 400, "query")
         assert error["code"] == "too_many_fields"
+    logged = [r.name for r in caplog.records if r.name.startswith("django.security")]
+    assert logged == ["django.security.TooManyFieldsSent"] * 2
 
 
 async def test_more_form_fields_than_django_parses_gets_json_400(api) -> None:
