@@ -615,8 +615,13 @@ def assert_nothing_written() -> None:
     assert IdempotencyKey.objects.count() == 0
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["debug-off", "debug-on"])
 @pytest.mark.parametrize("bad", ROWS)
-def test_hostile_request_gets_a_clean_error(bad: Bad, django_user_model) -> None:
+def test_hostile_request_gets_a_clean_error(
+    bad: Bad, debug: bool, django_user_model, settings
+) -> None:
+    # JSON under /api/ with DEBUG on as well: none of Django's technical pages.
+    settings.DEBUG = debug
     client = Client()
     if bad.as_user:
         client.force_login(
