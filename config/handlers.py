@@ -17,7 +17,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponseBase
+
+from payments.errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +182,10 @@ class SyncStackASGIHandler(ASGIHandler):
         Django's middleware does not run, so django-cors-headers adds its
         headers here, for a page on an allowed origin to read the answer.
         """
-        response = JsonResponse(
-            {
-                "error": {
-                    "code": "service_unavailable",
-                    "message": "server: every request thread is busy; retry shortly.",
-                }
-            },
-            status=503,
+        response = error_response(
+            503,
+            "service_unavailable",
+            "server: every request thread is busy; retry shortly.",
             headers={"Retry-After": "1"},
         )
         request, _ = self.create_request(scope, body)

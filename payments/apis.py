@@ -148,7 +148,8 @@ class PaymentListCreateApi(BasePaymentCreateApi):
     success_status = status.HTTP_202_ACCEPTED
 
     def get_permissions(self) -> list:
-        if self.request.method == "GET":
+        # HEAD too: Django serves it with get(), which needs a user.
+        if self.request.method in ("GET", "HEAD"):
             return [permissions.IsAuthenticated()]
         return super().get_permissions()
 

@@ -32,9 +32,18 @@ class RejectUnknownFieldsMixin:
         unknown = sorted(set(self.initial_data) - set(self.fields))  # type: ignore[attr-defined]
         if unknown:
             raise serializers.ValidationError(
-                {name[:64]: ["Unknown field."] for name in unknown[:20]}
+                {printable_name(name)[:64]: ["Unknown field."] for name in unknown[:20]}
             )
         return attrs
+
+
+def printable_name(name: str) -> str:
+    """Return ``name`` fit to appear in an answer, as UTF-8 JSON must be.
+
+    JSON's ``\\ud800`` escape decodes to a lone surrogate, which no UTF-8 answer
+    can carry (the renderer raised, a 500); it is named as the client wrote it.
+    """
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class PaymentCreateInputSerializer(RejectUnknownFieldsMixin, serializers.Serializer):

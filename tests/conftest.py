@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -59,3 +61,21 @@ def api_client() -> APIClient:
 @pytest.fixture
 def redis_url() -> str:
     return settings.REDIS_URL
+
+
+@pytest.fixture
+async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on config.asgi's HTTP application, Django's middleware and all.
+
+    A fresh handler of the class config.asgi serves HTTP with, so that its
+    kept threads' database connections can be closed after the test.
+    """
+    from config.handlers import SyncStackASGIHandler
+
+    handler = SyncStackASGIHandler()
+    transport = httpx.ASGITransport(app=handler)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver"
+    ) as client:
+        yield client
+    handler.threads.close()

@@ -86,6 +86,11 @@ def bad_list_query(name: str, value: str) -> Bad:
     return invalid(name, method="GET", url=LIST, query={name: value}, as_user=True)
 
 
+def surrogate_list_query(name: str) -> Bad:
+    """The list with ``name`` set to U+D800 as UTF-8 would spell it, if it could."""
+    return invalid(name, method="GET", url=f"{LIST}?{name}=%ED%A0%80", as_user=True)
+
+
 ROWS = [
     # Types and bounds ---------------------------------------------------------
     row("amount-exponent", invalid("amount", raw='{"amount": 1e3}')),
@@ -196,6 +201,44 @@ ROWS = [
         invalid("socketId", **post({**VALID, "socketId": "😀" * 16}, url=SEED)),
     ),
     row("unknown-field-nul-name", invalid("\x00", **post({**VALID, "\x00": 1}))),
+    # A JSON escape of a lone surrogate decodes to a str no UTF-8 can carry:
+    # named as the client wrote it (the literal \ud800), on both create routes.
+    row(
+        "unknown-field-lone-surrogate-name",
+        invalid("\\ud800", raw='{"amount":1000,"\\ud800":1}'),
+    ),
+    row(
+        "seed-unknown-field-lone-surrogate-name",
+        invalid("\\udfff", url=SEED, raw='{"amount":1000,"\\udfff":1}'),
+    ),
+    row(
+        "unknown-field-surrogate-inside-name",
+        invalid("a\\udc00b", raw='{"amount":1000,"a\\udc00b":1}'),
+    ),
+    *[
+        row(f"{url_id}{name}-lone-surrogate", invalid(name, url=url, raw=raw))
+        for url_id, url in [("", CREATE), ("seed-", SEED)]
+        for name, raw in [
+            ("description", '{"amount":1000,"description":"a\\ud800"}'),
+            ("currency", '{"amount":1000,"currency":"\\ud800sd"}'),
+            ("payment_method", '{"amount":1000,"payment_method":"\\udbff"}'),
+            ("amount", '{"amount":"\\ud800"}'),
+        ]
+    ],
+    row(
+        "socket-id-lone-surrogate",
+        invalid("socket_id", raw='{"amount":1000,"socket_id":"\\ud800"}'),
+    ),
+    row(
+        "seed-socket-id-lone-surrogate",
+        invalid("socketId", url=SEED, raw='{"amount":1000,"socketId":"\\ud800"}'),
+    ),
+    row(
+        "idempotency-key-lone-surrogate",
+        invalid(
+            "Idempotency-Key", **post(VALID, headers={"Idempotency-Key": "\ud800"})
+        ),
+    ),
     row(
         "unknown-field-proto", invalid("__proto__", **post({**VALID, "__proto__": {}}))
     ),
@@ -517,6 +560,51 @@ ROWS = [
         bad_list_query("cursor", b64("p=9999-12-31T23:59:59-14:00")),
     ),
     row("list-cursor-bad-reverse", bad_list_query("cursor", b64("r=x"))),
+    # Percent-encoded surrogates (UTF-8 cannot hold them) in every parameter.
+    row("list-status-surrogate", surrogate_list_query("status")),
+    row("list-created-after-surrogate", surrogate_list_query("created_after")),
+    row("list-cursor-surrogate", surrogate_list_query("cursor")),
+    row("list-page-size-surrogate", surrogate_list_query("page_size")),
+    row(
+        "detail-surrogate-secret",
+        Bad(
+            404,
+            "not_found",
+            ("payment_id",),
+            method="GET",
+            url=f"/api/payments/{'0' * 8}-0000-0000-0000-{'0' * 12}/"
+            "?client_secret=%ED%A0%80",
+        ),
+    ),
+    row(
+        "detail-surrogate-secret-header",
+        Bad(
+            404,
+            "not_found",
+            ("payment_id",),
+            method="GET",
+            url=f"/api/payments/{'0' * 8}-0000-0000-0000-{'0' * 12}/",
+            headers={"X-Client-Secret": "\ud800"},
+        ),
+    ),
+    row(
+        "detail-surrogate-id",
+        Bad(
+            404,
+            "not_found",
+            ("payment_id",),
+            method="GET",
+            url="/api/payments/%ED%A0%80/",
+        ),
+    ),
+    row(
+        "token-surrogate-username",
+        invalid(
+            "username",
+            url="/api/auth/token/",
+            raw='{"username":"\\ud800","password":"x"}',
+        ),
+    ),
 ]
 
 
@@ -527,8 +615,13 @@ def assert_nothing_written() -> None:
     assert IdempotencyKey.objects.count() == 0
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["debug-off", "debug-on"])
 @pytest.mark.parametrize("bad", ROWS)
-def test_hostile_request_gets_a_clean_error(bad: Bad, django_user_model) -> None:
+def test_hostile_request_gets_a_clean_error(
+    bad: Bad, debug: bool, django_user_model, settings
+) -> None:
+    # JSON under /api/ with DEBUG on as well: none of Django's technical pages.
+    settings.DEBUG = debug
     client = Client()
     if bad.as_user:
         client.force_login(
@@ -660,7 +753,7 @@ def test_cors_preflight_from_the_frontend_is_allowed_without_credentials() -> No
         CREATE, VALID, content_type=JSON, headers={"Origin": origin}
     )
 
-    assert response.status_code == 200
+    assert response.status_code == 204
     assert response["Access-Control-Allow-Origin"] == origin
     allowed = response["Access-Control-Allow-Headers"]
     assert {"content-type", "idempotency-key", "x-client-secret"} <= set(
