@@ -17,6 +17,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -108,12 +109,13 @@ def test_recovered_job_completes_a_payment_stuck_in_processing_and_charges_once(
     payment = services.payment_create(
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )
-    # A worker moved it to processing, charged, and was killed before the
-    # outcome was recorded.
+    # Its job moved it to processing, charged, and failed before the outcome
+    # was recorded (the gateway's answer timed out, say).
     services.payment_start_processing(payment_id=payment.pk)
     from payments.gateways import get_gateway
 
     get_gateway().charge(payment=payment)
+    DBTaskResult.objects.update(status=TaskResultStatus.FAILED)
     stuck(payment)
 
     assert services.payment_recover_stuck() == 1
