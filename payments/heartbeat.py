@@ -32,7 +32,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections
+from django.db import connections
 from django.db.models import DateTimeField, ExpressionWrapper, Value
 from django.db.models.functions import Now
 
@@ -50,9 +50,11 @@ def _db_time_ago(seconds: float | timedelta) -> ExpressionWrapper:
     return ExpressionWrapper(Now() - Value(delta), output_field=DateTimeField())
 
 
-def _lease_start() -> ExpressionWrapper:
+def _lease_start(dead_after: float | None = None) -> ExpressionWrapper:
     """The oldest beat still alive, on the database's clock."""
-    return _db_time_ago(settings.TASKS_WORKER_DEAD_AFTER)
+    if dead_after is None:
+        dead_after = settings.TASKS_WORKER_DEAD_AFTER
+    return _db_time_ago(dead_after)
 
 
 def heartbeat_register(*, worker_id: str) -> None:
@@ -68,11 +70,11 @@ def heartbeat_register(*, worker_id: str) -> None:
     )
 
 
-def heartbeat_renew(*, worker_id: str) -> bool:
+def heartbeat_renew(*, worker_id: str, dead_after: float | None = None) -> bool:
     """Extend the lease; False if it had lapsed (other workers may own its jobs)."""
     return bool(
         WorkerHeartbeat.objects.filter(
-            worker_id=worker_id, beat_at__gte=_lease_start()
+            worker_id=worker_id, beat_at__gte=_lease_start(dead_after)
         ).update(beat_at=Now())
     )
 
@@ -135,6 +137,7 @@ class Heartbeat:
             )
         self.worker_id = worker_id
         self.interval = interval
+        self.dead_after = dead_after
         # Exit one interval before the database's expiry, never after it.
         self.budget = dead_after - interval
         self.on_lost = on_lost
@@ -161,8 +164,10 @@ class Heartbeat:
         while not self._stopped.wait(self.interval):
             sent = time.monotonic()
             try:
-                renewed = heartbeat_renew(worker_id=self.worker_id)
-            except DatabaseError as exc:
+                renewed = heartbeat_renew(
+                    worker_id=self.worker_id, dead_after=self.dead_after
+                )
+            except Exception as exc:  # whatever it is, the watch decides
                 logger.warning("worker heartbeat not renewed: %r", exc)
                 continue
             finally:
