@@ -33,7 +33,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
-from django.db.models import DateTimeField, ExpressionWrapper, Value
+from django.db.models import DateTimeField, ExpressionWrapper, QuerySet, Value
 from django.db.models.functions import Now
 
 from payments.models import WorkerHeartbeat
@@ -92,6 +92,11 @@ def heartbeats_prune() -> int:
     return deleted
 
 
+def workers_alive() -> QuerySet[WorkerHeartbeat]:
+    """The workers whose lease is current (for /readyz: at least one should be)."""
+    return WorkerHeartbeat.objects.filter(beat_at__gte=_lease_start())
+
+
 def workers_liveness(worker_ids: Iterable[str]) -> dict[str, bool]:
     """Map each of these workers that has a heartbeat row to whether it is alive.
 
@@ -99,11 +104,12 @@ def workers_liveness(worker_ids: Iterable[str]) -> dict[str, bool]:
     pruned, or runs without heartbeats (django-tasks-db's own db_worker, a
     release from before them).
     """
-    rows = WorkerHeartbeat.objects.filter(worker_id__in=set(worker_ids))
+    ids = set(worker_ids)
     alive = set(
-        rows.filter(beat_at__gte=_lease_start()).values_list("worker_id", flat=True)
+        workers_alive().filter(worker_id__in=ids).values_list("worker_id", flat=True)
     )
-    return {wid: wid in alive for wid in rows.values_list("worker_id", flat=True)}
+    known = WorkerHeartbeat.objects.filter(worker_id__in=ids)
+    return {wid: wid in alive for wid in known.values_list("worker_id", flat=True)}
 
 
 def _lost() -> None:

@@ -502,6 +502,7 @@ def test_heartbeat_keeps_the_lease_and_drops_it_at_a_clean_stop(settings):
             threading.Event().wait(0.02)  # polling the database with a deadline
         assert renewed()
         assert heartbeat.workers_liveness(["w1", "w2"]) == {"w1": True}
+        assert list(heartbeat.workers_alive().values_list("pk", flat=True)) == ["w1"]
     assert not lost.is_set()
     assert not WorkerHeartbeat.objects.exists()
 
