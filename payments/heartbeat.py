@@ -32,7 +32,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.db.models import DateTimeField, ExpressionWrapper, QuerySet, Value
 from django.db.models.functions import Now
 
@@ -206,4 +206,8 @@ def heartbeat_running(worker_id: str) -> Iterator[Heartbeat]:
         yield heartbeat
     finally:
         heartbeat.stop()
-        heartbeat_end(worker_id=worker_id)
+        try:
+            heartbeat_end(worker_id=worker_id)
+        except DatabaseError as exc:
+            # Stopping all the same: the row lapses by itself.
+            logger.warning("worker heartbeat not dropped: %r", exc)

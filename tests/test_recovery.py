@@ -17,7 +17,7 @@ from datetime import timedelta
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection
+from django.db import connection, transaction
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -524,19 +524,22 @@ def test_worker_whose_lease_lapsed_gives_up_instead_of_renewing(settings):
         running.stop()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_worker_that_cannot_renew_gives_up_before_its_lease_ends():
-    # No database at all here: every renewal fails; the watch ends it within
-    # dead_after - interval, before any other worker may take it as dead.
+    # The test holds the heartbeat row's write lock, so renewals hang in the
+    # database as with a database gone away: the watch ends the worker within
+    # the lease (dead_after - interval after its last renewal).
     lost = threading.Event()
     running = heartbeat.Heartbeat(
-        worker_id="w1", interval=0.05, dead_after=0.5, on_lost=lost.set
+        worker_id="w1", interval=0.05, dead_after=0.6, on_lost=lost.set
     )
-    started = time.monotonic()
-    running._renewed = started  # registered (no database to register in)
-    for thread in running._threads:
-        thread.start()
+    running.start()
     try:
-        assert lost.wait(5)
-        assert time.monotonic() - started < 0.5
+        with transaction.atomic():
+            WorkerHeartbeat.objects.select_for_update().filter(pk="w1").update(
+                hostname="locked by the test"
+            )
+            assert lost.wait(running.dead_after), "kept running past its lease"
+        assert WorkerHeartbeat.objects.get().hostname == "locked by the test"
     finally:
         running.stop()
