@@ -173,3 +173,20 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.key}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A running db_worker's lease (payments.heartbeat); one row per worker id.
+
+    django-tasks-db records which worker claimed a job but not whether that
+    worker still runs; this row says so. Both times are the database's clock.
+    """
+
+    worker_id = models.CharField(max_length=64, primary_key=True)
+    hostname = models.CharField(max_length=255, blank=True, default="")
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"worker {self.worker_id}"

@@ -1,4 +1,4 @@
-"""Reads: who may see which payment."""
+"""Reads: who may see which payment; which payments have a job open."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.tasks import TaskResultStatus
 from django.utils.crypto import constant_time_compare
+from django_tasks_db.models import DBTaskResult
 from rest_framework.exceptions import ValidationError
 
 from payments.filters import PaymentFilter
@@ -83,3 +85,14 @@ def payment_list(*, user: Any, filters: Any = None) -> QuerySet[Payment]:
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
     return filterset.qs
+
+
+def payment_ids_with_open_job(*, payment_ids: list[Any]) -> set[str]:
+    """Return those of these payments (as strings) with a job queued or running."""
+    return set(
+        DBTaskResult.objects.filter(
+            status__in=[TaskResultStatus.READY, TaskResultStatus.RUNNING],
+            task_path__startswith="payments.tasks.",
+            args_kwargs__kwargs__payment_id__in=[str(pk) for pk in payment_ids],
+        ).values_list("args_kwargs__kwargs__payment_id", flat=True)
+    )

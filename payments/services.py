@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from payments import outbox, tasks
+from payments import outbox, selectors, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
 from payments.serializers import payment_public_data
@@ -290,23 +290,39 @@ def payment_recover_stuck(*, limit: int = 500) -> int:
     """Enqueue processing again for payments whose job was lost; return how many.
 
     A payment is stuck when it is still pending or processing past its
-    ``recheck_at`` (a worker was killed mid-job, say). Running its job again
-    is safe: transitions are conditional and the gateway charge is idempotent
-    on the payment id. Each payment is claimed by a conditional UPDATE, so
-    recovery running in several workers enqueues it once.
+    ``recheck_at`` and has no open job: none queued (READY, deferred ones
+    included) and none RUNNING. Its job then failed or is gone; a dead
+    worker's RUNNING job is recovery.tasks_release_abandoned's to re-run. A
+    payment past its deadline with an open job (a backlog, workers away) only
+    has its deadline moved on, so a backlog is never enqueued twice. Running
+    a job again is safe: transitions are conditional and the gateway charge
+    is idempotent on the payment id. Each payment is claimed by a conditional
+    UPDATE, so recovery running in several workers enqueues it once.
     """
     now = timezone.now()
-    stuck = Payment.objects.filter(
-        status__in=[PaymentStatus.PENDING, PaymentStatus.PROCESSING],
-        recheck_at__lt=now,
-    ).values_list("pk", "recheck_at")[:limit]
+    candidates = list(
+        Payment.objects.filter(
+            status__in=[PaymentStatus.PENDING, PaymentStatus.PROCESSING],
+            recheck_at__lt=now,
+        )
+        .order_by("recheck_at")
+        .values_list("pk", "recheck_at")[:limit]
+    )
+    if not candidates:
+        return 0
+    # One statement, one snapshot: a job hands over to its follow-up (a
+    # deferred refresh) by enqueuing it before it finishes, so an open job
+    # is seen either way.
+    open_jobs = selectors.payment_ids_with_open_job(
+        payment_ids=[pk for pk, _ in candidates]
+    )
     recovered = 0
-    for payment_id, recheck_at in stuck:
+    for payment_id, recheck_at in candidates:
         with transaction.atomic():
             claimed = Payment.objects.filter(
                 pk=payment_id, recheck_at=recheck_at
             ).update(recheck_at=_stuck_deadline())
-            if claimed:
+            if claimed and str(payment_id) not in open_jobs:
                 tasks.process_payment.enqueue(payment_id=str(payment_id))
                 recovered += 1
                 logger.warning("payment %s was stuck; processing again", payment_id)

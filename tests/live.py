@@ -230,6 +230,7 @@ class LiveStack:
         self._started = {"web": 0, "worker": 0}
         self.web: LiveProcess | None = None
         self.worker: LiveProcess | None = None
+        self.extra_workers: list[LiveProcess] = []
 
     @property
     def processes(self) -> tuple[LiveProcess, ...]:
@@ -295,8 +296,21 @@ class LiveStack:
         """
         if self.worker is not None and self.worker.returncode is None:
             raise RuntimeError(f"{self.worker.name} is still running")
+        self.worker = self._spawn_worker(wait=wait)
+        return self.worker
+
+    def start_extra_worker(self, *, wait: bool = False) -> LiveProcess:
+        """Start one more db_worker beside ``worker`` (several workers share a queue).
+
+        Kept in ``extra_workers`` and ``history``; close() stops it.
+        """
+        worker = self._spawn_worker(wait=wait)
+        self.extra_workers.append(worker)
+        return worker
+
+    def _spawn_worker(self, *, wait: bool) -> LiveProcess:
         name = self._name("worker")
-        self.worker = LiveProcess(
+        worker = LiveProcess(
             name,
             [
                 "manage.py",
@@ -310,10 +324,10 @@ class LiveStack:
             ],
             self.env,
         )
-        self.history.append(self.worker)
+        self.history.append(worker)
         if wait:
-            self.worker.wait_for_output(f"worker_id={name}")
-        return self.worker
+            worker.wait_for_output(f"worker_id={name}")
+        return worker
 
     def kill_worker(self) -> int:
         """SIGKILL the worker: a task in hand is abandoned mid-way."""
@@ -465,3 +479,35 @@ class RoundRobinProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+class GatedChargeGateway(SimulatedGateway):
+    """The simulated gateway, answering a charge only when the test opens a gate.
+
+    The charge is made (its SimulatedCharge row committed), then the worker
+    waits for a token on the Redis list ``PAYMENTS_TEST_CHARGE_GATE``
+    (open_charge_gate), at most a minute: the test decides how long a worker
+    holds a charged payment whose charge is not yet recorded.
+    """
+
+    def charge(self, *, payment: Payment) -> GatewayResult:
+        import redis
+
+        result = super().charge(payment=payment)
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        try:
+            client.blpop([os.environ["PAYMENTS_TEST_CHARGE_GATE"]], timeout=60)
+        finally:
+            client.close()
+        return result
+
+
+def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:
+    """Let ``charges`` charges waiting (or still to come) at the gate through."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.rpush(gate, *[b"open"] * charges)
+    finally:
+        client.close()

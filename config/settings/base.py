@@ -289,8 +289,20 @@ TASKS = {
     },
 }
 # Enqueues are announced here (Redis pub/sub) after commit, so idle
-# db_workers start at once instead of at their next --interval poll.
-TASKS_WAKEUP_CHANNEL = env("TASKS_WAKEUP_CHANNEL", default="payments:tasks-enqueued")
+# db_workers start at once instead of at their next --interval poll. Under
+# the channel layer's prefix: deployments sharing a Redis wake only their own.
+TASKS_WAKEUP_CHANNEL = env(
+    "TASKS_WAKEUP_CHANNEL",
+    default=f"{CHANNEL_LAYERS['default']['CONFIG']['prefix']}:tasks-enqueued",
+)
+# Seconds between a db_worker's heartbeats (payments.heartbeat), and seconds
+# without one after which other workers take it as dead and run its jobs
+# again. A worker that cannot renew within TASKS_WORKER_DEAD_AFTER minus one
+# interval exits first. At least twice the interval.
+TASKS_WORKER_HEARTBEAT_INTERVAL = env.float(
+    "TASKS_WORKER_HEARTBEAT_INTERVAL", default=1.0
+)
+TASKS_WORKER_DEAD_AFTER = env.float("TASKS_WORKER_DEAD_AFTER", default=5.0)
 # Seconds a db_worker keeps its database connection between jobs, whatever
 # DJANGO_CONN_MAX_AGE says (it is one thread running job after job); not
 # used with the PostgreSQL pool, which keeps connections itself.
@@ -342,7 +354,7 @@ PAYMENTS_STUCK_AFTER = env.float("PAYMENTS_STUCK_AFTER", default=60.0)
 # Seconds an Idempotency-Key is remembered (then prune_idempotency_keys).
 PAYMENTS_IDEMPOTENCY_KEY_TTL = env.int("PAYMENTS_IDEMPOTENCY_KEY_TTL", default=86400)
 # Seconds between rounds of the worker's recovery loop.
-PAYMENTS_RECOVERY_INTERVAL = env.float("PAYMENTS_RECOVERY_INTERVAL", default=5.0)
+PAYMENTS_RECOVERY_INTERVAL = env.float("PAYMENTS_RECOVERY_INTERVAL", default=2.0)
 # A status change not yet pushed after this many seconds is pushed again.
 PAYMENTS_REDELIVER_AFTER = env.float("PAYMENTS_REDELIVER_AFTER", default=2.0)
 # Seconds between the worker's batched writes of "pushed" marks

@@ -35,6 +35,10 @@ CORS_ALLOWED_ORIGINS = ["http://localhost:3000"]
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = env(  # noqa: F405
     "CHANNELS_PREFIX", default="test"
 )
+TASKS_WAKEUP_CHANNEL = env(
+    "TASKS_WAKEUP_CHANNEL",
+    default=f"{CHANNEL_LAYERS['default']['CONFIG']['prefix']}:tasks-enqueued",  # noqa: F405
+)
 
 # CACHES AND THROTTLING
 # ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""django-tasks-db's worker, woken by enqueues, with the payments recovery loop.
+"""django-tasks-db's worker, woken by enqueues, with a heartbeat and the recovery loop.
 
 This app comes before django_tasks_db in INSTALLED_APPS, so this command
 takes the name ``db_worker``; all of the original's options still apply.
@@ -14,20 +14,29 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from payments import outbox
-from payments.recovery import recovery_running
+from payments.heartbeat import heartbeat_running
+from payments.recovery import recovery_running, tasks_release_held_by
 from payments.worker import WakeableWorker
 
 
 class Command(DBWorkerCommand):
     help = (
         "Run a database background worker, woken when a job is enqueued "
-        "(--interval is the fallback poll); alongside it, re-enqueue stuck "
-        "payments and re-push status changes that were not delivered; mark "
-        "pushed changes in batches."
+        "(--interval is the fallback poll); alongside it, keep a heartbeat, "
+        "re-run the jobs of dead workers, re-enqueue stuck payments and re-push "
+        "status changes that were not delivered; mark pushed changes in batches."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        with recovery_running(), outbox.marks_batched():
+        worker_id = options["worker_id"]
+        # Before the lease is renewed under this id: what a previous process
+        # of the same id left RUNNING is nobody's now.
+        tasks_release_held_by(worker_id)
+        with (
+            heartbeat_running(worker_id),
+            recovery_running(),
+            outbox.marks_batched(),
+        ):
             if options["batch"]:
                 # Runs what is queued and exits: nothing to wait for.
                 super().handle(*args, **options)

@@ -1,0 +1,213 @@
+"""The db_worker's heartbeat: a lease other workers read to tell it is alive.
+
+django-tasks-db 0.13 records which worker claimed a job (``worker_ids``) but
+not whether that worker still runs, so a job whose worker was SIGKILLed stays
+RUNNING for ever. Each worker keeps a WorkerHeartbeat row fresh every
+TASKS_WORKER_HEARTBEAT_INTERVAL seconds; recovery takes a worker whose row is
+older than TASKS_WORKER_DEAD_AFTER as dead and runs its jobs again.
+
+One clock: every time here is the database's (``Now()``), written and
+compared in the same server, so the rule holds for workers on several
+machines whatever their own clocks say. The worker times its lease with its
+monotonic clock (durations only, so skew does not matter), from before each
+renewal is sent: the database's expiry is then never earlier than the one the
+worker keeps. If it cannot renew within the lease less one interval (database
+away, the process starved) it exits, before any other worker may judge it
+dead, so no job is run by two live workers at once. A renewal after the lease
+has lapsed is refused, and the worker exits too (a process frozen past its
+lease, by SIGSTOP or a paused VM, may finish the step it was in first: a
+conditional transition or an idempotent gateway call, nothing more).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError, connections
+from django.db.models import DateTimeField, ExpressionWrapper, QuerySet, Value
+from django.db.models.functions import Now
+
+from payments.models import WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
+
+# Rows of workers dead this long are deleted; until then operators (and
+# /readyz) see which worker died and when.
+KEEP_DEAD_FOR = timedelta(days=1)
+
+
+def _db_time_ago(seconds: float | timedelta) -> ExpressionWrapper:
+    delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+    return ExpressionWrapper(Now() - Value(delta), output_field=DateTimeField())
+
+
+def _lease_start(dead_after: float | None = None) -> ExpressionWrapper:
+    """The oldest beat still alive, on the database's clock."""
+    if dead_after is None:
+        dead_after = settings.TASKS_WORKER_DEAD_AFTER
+    return _db_time_ago(dead_after)
+
+
+def heartbeat_register(*, worker_id: str) -> None:
+    """Start (or restart) this worker's lease; call before it claims a job."""
+    WorkerHeartbeat.objects.update_or_create(
+        worker_id=worker_id,
+        defaults={
+            "hostname": socket.gethostname()[:255],
+            "pid": os.getpid(),
+            "started_at": Now(),
+            "beat_at": Now(),
+        },
+    )
+
+
+def heartbeat_renew(*, worker_id: str, dead_after: float | None = None) -> bool:
+    """Extend the lease; False if it had lapsed (other workers may own its jobs)."""
+    return bool(
+        WorkerHeartbeat.objects.filter(
+            worker_id=worker_id, beat_at__gte=_lease_start(dead_after)
+        ).update(beat_at=Now())
+    )
+
+
+def heartbeat_end(*, worker_id: str) -> None:
+    """Drop the lease of a worker that stopped cleanly (its job in hand finished)."""
+    WorkerHeartbeat.objects.filter(worker_id=worker_id).delete()
+
+
+def heartbeats_prune() -> int:
+    """Delete the rows of workers dead for over KEEP_DEAD_FOR; return how many."""
+    deleted, _ = WorkerHeartbeat.objects.filter(
+        beat_at__lt=_db_time_ago(KEEP_DEAD_FOR)
+    ).delete()
+    return deleted
+
+
+def workers_alive() -> QuerySet[WorkerHeartbeat]:
+    """The workers whose lease is current (for /readyz: at least one should be)."""
+    return WorkerHeartbeat.objects.filter(beat_at__gte=_lease_start())
+
+
+def workers_liveness(worker_ids: Iterable[str]) -> dict[str, bool]:
+    """Map each of these workers that has a heartbeat row to whether it is alive.
+
+    A worker with no row is missing from the answer: it stopped cleanly, was
+    pruned, or runs without heartbeats (django-tasks-db's own db_worker, a
+    release from before them).
+    """
+    ids = set(worker_ids)
+    alive = set(
+        workers_alive().filter(worker_id__in=ids).values_list("worker_id", flat=True)
+    )
+    known = WorkerHeartbeat.objects.filter(worker_id__in=ids)
+    return {wid: wid in alive for wid in known.values_list("worker_id", flat=True)}
+
+
+def _lost() -> None:
+    logger.critical(
+        "worker heartbeat lost; exiting so that the job in hand, if any, is run "
+        "again by a live worker and never by two"
+    )
+    # Not sys.exit: this is a thread, and the job thread must stop now.
+    os._exit(70)
+
+
+class Heartbeat:
+    """Renew a worker's lease in a daemon thread; call ``on_lost`` if it lapses.
+
+    A second thread watches the time since the last renewal, so a renewal
+    stuck in a hung database call still ends the worker in time.
+    """
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        interval: float,
+        dead_after: float,
+        on_lost: Callable[[], None] = _lost,
+    ) -> None:
+        if dead_after < 2 * interval:
+            raise ImproperlyConfigured(
+                "TASKS_WORKER_DEAD_AFTER must be at least twice "
+                "TASKS_WORKER_HEARTBEAT_INTERVAL"
+            )
+        self.worker_id = worker_id
+        self.interval = interval
+        self.dead_after = dead_after
+        # Exit one interval before the database's expiry, never after it.
+        self.budget = dead_after - interval
+        self.on_lost = on_lost
+        self._renewed = time.monotonic()
+        self._stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._renew, name="heartbeat", daemon=True),
+            threading.Thread(target=self._watch, name="heartbeat-watch", daemon=True),
+        ]
+
+    def start(self) -> None:
+        sent = time.monotonic()
+        heartbeat_register(worker_id=self.worker_id)
+        self._renewed = sent
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _renew(self) -> None:
+        while not self._stopped.wait(self.interval):
+            sent = time.monotonic()
+            try:
+                renewed = heartbeat_renew(
+                    worker_id=self.worker_id, dead_after=self.dead_after
+                )
+            except Exception as exc:  # whatever it is, the watch decides
+                logger.warning("worker heartbeat not renewed: %r", exc)
+                continue
+            finally:
+                connections.close_all()
+            if not renewed:
+                if not self._stopped.is_set():
+                    self._stopped.set()
+                    self.on_lost()
+                return
+            self._renewed = sent
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(self.interval, 0.5)):
+            if time.monotonic() - self._renewed > self.budget:
+                self._stopped.set()
+                self.on_lost()
+                return
+
+
+@contextmanager
+def heartbeat_running(worker_id: str) -> Iterator[Heartbeat]:
+    """Hold this worker's lease for the block; drop it when the block ends."""
+    heartbeat = Heartbeat(
+        worker_id=worker_id,
+        interval=settings.TASKS_WORKER_HEARTBEAT_INTERVAL,
+        dead_after=settings.TASKS_WORKER_DEAD_AFTER,
+    )
+    heartbeat.start()
+    try:
+        yield heartbeat
+    finally:
+        heartbeat.stop()
+        try:
+            heartbeat_end(worker_id=worker_id)
+        except DatabaseError as exc:
+            # Stopping all the same: the row lapses by itself.
+            logger.warning("worker heartbeat not dropped: %r", exc)
