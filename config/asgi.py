@@ -16,10 +16,13 @@ from config.handlers import SyncStackASGIHandler  # noqa: E402
 django_asgi_app = SyncStackASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.urls import path, re_path  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from realtime.routing import WebsocketRouter, websocket_urlpatterns  # noqa: E402
+from realtime.routing import (  # noqa: E402
+    HttpRouter,
+    WebsocketRouter,
+    websocket_urlpatterns,
+)
 from realtime.security import ConnectionCap, SiteOriginValidator  # noqa: E402
 from realtime.socketio.polling import PollingConsumer  # noqa: E402
 
@@ -27,11 +30,9 @@ application = ProtocolTypeRouter(
     {
         # Socket.IO's polling transport before Django; it checks origins
         # itself (realtime.socketio.polling.origin_allowed).
-        "http": URLRouter(
-            [
-                path("socket.io/", AuthMiddlewareStack(PollingConsumer.as_asgi())),
-                re_path(r"", django_asgi_app),
-            ]
+        "http": HttpRouter(
+            socketio=AuthMiddlewareStack(PollingConsumer.as_asgi()),
+            django=django_asgi_app,
         ),
         # The cap first: it bounds what one client holds, refused or not.
         "websocket": ConnectionCap(

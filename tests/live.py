@@ -217,8 +217,11 @@ class LiveStack:
     one, and ``history`` keeps every process started, for reports.
     """
 
-    def __init__(self, *, port: int, env: dict[str, str]) -> None:
+    def __init__(self, *, port: int, env: dict[str, str], name: str = "") -> None:
         self.port = port
+        # Told apart in process names and worker ids when stacks run side by
+        # side: worker ids must be unique across the pool (django-tasks-db).
+        self.name = name
         self.env = env
         # Seconds between the worker's polls when no wake-up comes.
         self.worker_interval = "0.05"
@@ -240,8 +243,10 @@ class LiveStack:
     def _name(self, role: str) -> str:
         self._started[role] += 1
         count = self._started[role]
-        return {"web": "daphne", "worker": "db_worker"}[role] + (
-            f"-{count}" if count > 1 else ""
+        return (
+            {"web": "daphne", "worker": "db_worker"}[role]
+            + (f"-{self.name}" if self.name else "")
+            + (f"-{count}" if count > 1 else "")
         )
 
     # Web --------------------------------------------------------------------
@@ -370,12 +375,14 @@ def live_stack(
     channels_prefix: str,
     worker_interval: str = "0.05",
     worker: bool = True,
+    name: str = "",
     **extra_env: str,
 ) -> Iterator[LiveStack]:
     """Run daphne (config.asgi) and db_worker until the block ends.
 
     With ``worker=False`` only the web process runs (tests of the server's
-    own edges, which never reach a job).
+    own edges, which never reach a job). Stacks running side by side need
+    distinct ``name``s.
     """
     env = process_env(
         DJANGO_SETTINGS_MODULE="config.settings.test",
@@ -385,7 +392,7 @@ def live_stack(
         PYTHONUNBUFFERED="1",
         **extra_env,
     )
-    stack = LiveStack(port=free_port(), env=env)
+    stack = LiveStack(port=free_port(), env=env, name=name)
     stack.worker_interval = worker_interval
     try:
         stack.start_web(wait=False)

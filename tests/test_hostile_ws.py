@@ -718,7 +718,7 @@ async def test_handler_exception_still_leaves_every_group(
     async def broken_snapshot(*args: Any) -> None:
         raise RuntimeError("forced failure after the join")
 
-    monkeypatch.setattr("realtime.consumers._payment_snapshot", broken_snapshot)
+    monkeypatch.setattr("realtime.subscriptions._payment_snapshot", broken_snapshot)
     await comm.send_json_to(
         {
             "action": "subscribe",

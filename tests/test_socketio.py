@@ -126,7 +126,7 @@ def two_webs(
     }
     with (
         checked_stack(isolated_channel_layer, **options) as first,
-        checked_stack(isolated_channel_layer, **options) as second,
+        checked_stack(isolated_channel_layer, name="b", **options) as second,
         RoundRobinProxy([first.port, second.port]) as proxy,
     ):
         yield first, second, proxy
@@ -166,7 +166,7 @@ def test_reconnect_through_the_other_process_after_a_kill(
     options = {"PAYMENTS_SIMULATED_DELAY": "3", **HEARTBEAT}
     with (
         checked_stack(isolated_channel_layer, **options) as first,
-        checked_stack(isolated_channel_layer, **options) as second,
+        checked_stack(isolated_channel_layer, name="b", **options) as second,
         RoundRobinProxy([first.port, second.port]) as proxy,
     ):
         env = {**os.environ, "SIO_URL": proxy.url, "SIO_TIMEOUT_MS": "40000"}

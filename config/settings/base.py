@@ -298,11 +298,13 @@ TASKS_WAKEUP_CHANNEL = env(
 # Seconds between a db_worker's heartbeats (payments.heartbeat), and seconds
 # without one after which other workers take it as dead and run its jobs
 # again. A worker that cannot renew within TASKS_WORKER_DEAD_AFTER minus one
-# interval exits first. At least twice the interval.
+# interval exits first. At least twice the interval. 10 s, not less: on two
+# loaded cores a renewal waiting behind SQLite's writers once took over 4 s,
+# and a worker that exits for that drops nothing but restarts for nothing.
 TASKS_WORKER_HEARTBEAT_INTERVAL = env.float(
     "TASKS_WORKER_HEARTBEAT_INTERVAL", default=1.0
 )
-TASKS_WORKER_DEAD_AFTER = env.float("TASKS_WORKER_DEAD_AFTER", default=5.0)
+TASKS_WORKER_DEAD_AFTER = env.float("TASKS_WORKER_DEAD_AFTER", default=10.0)
 # Seconds a db_worker keeps its database connection between jobs, whatever
 # DJANGO_CONN_MAX_AGE says (it is one thread running job after job); not
 # used with the PostgreSQL pool, which keeps connections itself.
