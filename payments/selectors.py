@@ -78,3 +78,21 @@ def payment_list(*, user: Any, filters: Any = None) -> QuerySet[Payment]:
     if not filterset.is_valid():
         raise ValidationError(filterset.errors)
     return filterset.qs
+
+
+def payment_method_outcomes() -> list[dict[str, str]]:
+    """Return the simulated gateway's test methods and the outcome of each.
+
+    For the page at / (its card chooser): the same table the gateway charges by.
+    """
+    from payments.gateways.simulated import OUTCOMES
+
+    return [
+        {
+            "method": method,
+            "outcome": str(outcome.value),
+            "failure_code": code,
+            "failure_message": message,
+        }
+        for method, (outcome, code, message) in OUTCOMES.items()
+    ]

@@ -1,0 +1,132 @@
+"""The page at / and the live admin in Chromium, against real daphne and db_worker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.live import LiveStack, checked_stack
+
+pytestmark = pytest.mark.e2e
+
+# Generous: HTTP, worker, gateway delay, Redis and the socket are separate
+# processes on a shared machine.
+TIMEOUT = 20_000  # ms, Playwright's unit
+# What Chromium itself prints when a connection is refused: expected only in
+# the test that kills the web process.
+CONNECTION_REFUSED = (
+    r"WebSocket connection to .* failed",
+    r"net::ERR_CONNECTION_REFUSED",
+)
+
+
+@pytest.fixture
+def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="0.5") as stack:
+        yield stack
+
+
+def open_home(open_page, live: LiveStack):
+    watched = open_page()
+    response = watched.page.goto(live.http_url + "/")
+    assert response.status == 200
+    return watched, response
+
+
+def wait_live(page) -> str:
+    """Wait until the page's socket is open; return its socket id."""
+    expect(page.locator("#state")).to_have_attribute(
+        "data-state", "open", timeout=TIMEOUT
+    )
+    socket_id = page.locator("#socket-id").inner_text()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", socket_id), socket_id
+    return socket_id
+
+
+def pay(page, method: str = "pm_card_visa", *, compare: bool = False) -> str:
+    """Fill the form and pay; return the new payment's id."""
+    page.locator("#amount").fill("1234")
+    page.locator(f"input[name=payment_method][value={method}]").check()
+    if compare:
+        page.locator("#compare").check()
+    before = page.locator("article.payment").count()
+    page.locator("#pay-button").click()
+    expect(page.locator("article.payment")).to_have_count(before + 1, timeout=TIMEOUT)
+    return page.locator("article.payment").first.get_attribute("data-payment-id")
+
+
+def timeline(page, payment_id: str):
+    return page.locator(f"#payment-{payment_id} .timeline li")
+
+
+def wait_status(page, payment_id: str, status: str) -> None:
+    expect(
+        page.locator(f"#payment-{payment_id} .timeline li[data-status={status}]")
+    ).to_have_count(1, timeout=TIMEOUT)
+
+
+# The page -----------------------------------------------------------------------
+
+
+def test_visa_succeeds_and_declined_fails_with_its_reason(live, open_page) -> None:
+    watched, response = open_home(open_page, live)
+    page = watched.page
+    csp = response.headers["content-security-policy"]
+    assert "connect-src 'self'" in csp and "script-src 'self'" in csp, csp
+    wait_live(page)  # the socket opened under connect-src 'self'
+
+    visa = pay(page, "pm_card_visa")
+    wait_status(page, visa, "succeeded")
+    statuses = [li.get_attribute("data-status") for li in timeline(page, visa).all()]
+    assert statuses == ["pending", "processing", "succeeded"]
+    expect(timeline(page, visa).nth(1)).to_contain_text("via socket")
+
+    declined = pay(page, "pm_card_chargeDeclined")
+    wait_status(page, declined, "failed")
+    failed = page.locator(f"#payment-{declined} li[data-status=failed]")
+    expect(failed).to_contain_text("Your card was declined. (card_declined)")
+    expect(page.locator("#announcer")).to_contain_text("failed")
+    watched.screenshot("page-paid")
+    assert watched.problems() == []
+
+
+def test_api_errors_show_as_structured_messages(live, open_page) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    wait_live(page)
+    page.locator("#amount").fill("0")
+    page.locator("#pay-button").click()
+    expect(page.locator("#form-error")).to_contain_text("amount:", timeout=TIMEOUT)
+    expect(page.locator("#form-error")).to_contain_text("(validation_error)")
+    expect(page.locator("#amount")).to_have_attribute("aria-invalid", "true")
+    # A 400 is the browser's own console error for a failed fetch: expected.
+    assert watched.problems(r"status of 400") == []
+
+
+def test_keyboard_alone_pays(live, open_page) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    wait_live(page)
+    page.locator("#amount").focus()
+    page.keyboard.type("0")  # 10000
+    page.keyboard.press("Enter")  # submits the form
+    expect(page.locator("article.payment")).to_have_count(1, timeout=TIMEOUT)
+    payment_id = page.locator("article.payment").get_attribute("data-payment-id")
+    wait_status(page, payment_id, "succeeded")
+    assert watched.problems() == []
+
+
+def test_page_is_readable_at_phone_width(live, open_page) -> None:
+    watched = open_page(viewport={"width": 360, "height": 740})
+    page = watched.page
+    page.goto(live.http_url + "/")
+    wait_live(page)
+    payment_id = pay(page)
+    wait_status(page, payment_id, "succeeded")
+    # Nothing wider than the screen: no sideways scrolling.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    watched.screenshot("page-phone")
+    assert watched.problems() == []
