@@ -130,3 +130,106 @@ def test_page_is_readable_at_phone_width(live, open_page) -> None:
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     watched.screenshot("page-phone")
     assert watched.problems() == []
+
+
+# Recovery ---------------------------------------------------------------------
+
+
+def record_statuses(page) -> None:
+    """Count, in the page, every status its client emits (before any dedupe)."""
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            window.paymentsPage.client.on("status", (p, meta) =>
+                window.seen.push([p.id, p.status, p.version, meta.source]));
+        }"""
+    )
+
+
+def test_page_reconnects_after_the_web_process_dies(
+    transactional_db, isolated_channel_layer, open_page
+) -> None:
+    # The outcome comes 8 s after the charge: the web process is killed and
+    # started again in between, and the page is back on a socket (at most
+    # the 5-s backoff ceiling after the restart) before it comes, bound to
+    # the old socket id, so only the page's subscribe again brings it.
+    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="8") as live:
+        watched, _ = open_home(open_page, live)
+        page = watched.page
+        first_socket = wait_live(page)
+        record_statuses(page)
+        payment_id = pay(page)
+        wait_status(page, payment_id, "processing")
+
+        live.kill_web()
+        expect(page.locator("#state")).not_to_have_attribute(
+            "data-state", "open", timeout=TIMEOUT
+        )
+        live.start_web()
+        second_socket = wait_live(page)
+        assert second_socket != first_socket
+        wait_status(page, payment_id, "succeeded")
+        # Fence: a later payment's outcome on the same socket comes after any
+        # copy of the first one still on its way.
+        fence = pay(page)
+        wait_status(page, fence, "succeeded")
+
+        seen = page.evaluate("window.seen")
+        finals = [s for s in seen if s[0] == payment_id and s[1] == "succeeded"]
+        assert len(finals) == 1, seen
+        assert finals[0][3] == "socket", seen
+        statuses = [
+            li.get_attribute("data-status") for li in timeline(page, payment_id).all()
+        ]
+        assert statuses == ["pending", "processing", "succeeded"]
+        watched.screenshot("page-reconnected")
+        assert watched.problems(*CONNECTION_REFUSED) == []
+
+
+def test_page_falls_back_to_polling_without_websockets(live, open_page) -> None:
+    watched = open_page()
+    page = watched.page
+    # Every socket the page opens is closed at once, before any frame.
+    page.route_web_socket(re.compile(r"/ws/payments/"), lambda ws: ws.close())
+    page.goto(live.http_url + "/")
+    expect(page.locator("#state")).to_have_attribute(
+        "data-state", "polling", timeout=TIMEOUT
+    )
+    expect(page.locator("#state")).to_contain_text("WebSockets unavailable")
+    record_statuses(page)
+    payment_id = pay(page)
+    wait_status(page, payment_id, "succeeded")
+    final = page.locator(f"#payment-{payment_id} li[data-status=succeeded]")
+    expect(final).to_contain_text("via poll")
+    sources = {s[3] for s in page.evaluate("window.seen")}
+    assert "socket" not in sources, sources
+    watched.screenshot("page-polling")
+    assert watched.problems() == []
+
+
+def test_polling_makes_more_requests_than_push_for_one_payment(
+    transactional_db, isolated_channel_layer, open_page
+) -> None:
+    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="2.5") as live:
+        watched, _ = open_home(open_page, live)
+        page = watched.page
+        wait_live(page)
+        # The switch by keyboard: focus and Space.
+        page.locator("#compare").focus()
+        page.keyboard.press("Space")
+        expect(page.locator("#compare")).to_be_checked()
+        payment_id = pay(page)
+        wait_status(page, payment_id, "succeeded")
+        for side in ("push", "poll"):
+            expect(page.locator(f"#cmp-{side}-after")).to_have_text(
+                re.compile(r"\d+ ms"), timeout=TIMEOUT
+            )
+        push = int(page.locator("#cmp-push-requests").inner_text())
+        poll = int(page.locator("#cmp-poll-requests").inner_text())
+        assert push == 1, push  # the POST; every status came over the socket
+        assert poll > push, (poll, push)
+        assert int(page.locator("#cmp-poll-bytes").inner_text()) > int(
+            page.locator("#cmp-push-bytes").inner_text()
+        )
+        watched.screenshot("page-polling-vs-push")
+        assert watched.problems() == []
