@@ -97,6 +97,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             await self._join(groups.user_group(user.pk))
+            if user.is_staff:
+                await self._join(groups.STAFF_GROUP)
         await self.accept()
         await self.send_json({"event": "socket-id", "data": self.socket_id})
 

@@ -549,3 +549,35 @@ async def test_unsubscribe_from_a_payment_not_followed_is_an_error(
 
     await expect_error(communicator, "not_subscribed")
     await expect_still_open(communicator)
+
+
+# The staff group (the live admin) ---------------------------------------------
+
+
+async def test_staff_sockets_receive_every_payment_and_others_none(
+    connect: Connect,
+) -> None:
+    @database_sync_to_async
+    def cookie_for(username: str, *, is_staff: bool) -> bytes:
+        user = get_user_model().objects.create_user(
+            username=username, password="pw", is_staff=is_staff
+        )
+        client = Client()
+        client.force_login(user)
+        session = client.cookies[settings.SESSION_COOKIE_NAME].value
+        return f"{settings.SESSION_COOKIE_NAME}={session}".encode()
+
+    staff, _ = await connect(
+        [ORIGIN, (b"cookie", await cookie_for("s", is_staff=True))]
+    )
+    user, user_id = await connect(
+        [ORIGIN, (b"cookie", await cookie_for("u", is_staff=False))]
+    )
+    anonymous, anonymous_id = await connect()
+    payment = await create_payment()  # nobody's: no user, no socket
+
+    await start_processing(payment_id=payment.id)
+
+    await expect_status(staff, payment, "processing", 2)
+    assert await frames_until_fence(user, user_id) == []
+    assert await frames_until_fence(anonymous, anonymous_id) == []
