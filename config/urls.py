@@ -1,8 +1,10 @@
 from django.conf import settings
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
 from django.utils.csp import CSP
 from django.views.decorators.csp import csp_override
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from payments.apis import AuthTokenApi
@@ -19,6 +21,12 @@ DOCS_CSP = {
 
 urlpatterns = [
     path("", index, name="index"),
+    # Browsers ask for it on pages that name no icon (the admin's): a 404
+    # there is a console error on every admin page.
+    path(
+        "favicon.ico",
+        RedirectView.as_view(url=static("realtime/favicon.svg"), permanent=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/payments/", include("payments.urls")),
     path("api/auth/token/", AuthTokenApi.as_view(), name="auth-token"),

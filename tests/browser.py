@@ -79,9 +79,13 @@ def open_page(chromium: object) -> Iterator[object]:
                 watched.messages.append(f"{message.type}: {message.text}")
 
         page.on("console", on_console)
-        page.on(
-            "pageerror", lambda error: watched.messages.append(f"pageerror: {error}")
-        )
+
+        def on_response(response: object) -> None:
+            # Chromium's console names no URL for a failed load: record them.
+            if response.status >= 400:
+                watched.messages.append(f"http {response.status}: {response.url}")
+
+        page.on("response", on_response)
         return watched
 
     yield make

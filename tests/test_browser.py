@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+import httpx
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
 from tests.live import LiveStack, checked_stack
@@ -103,7 +105,7 @@ def test_api_errors_show_as_structured_messages(live, open_page) -> None:
     expect(page.locator("#form-error")).to_contain_text("(validation_error)")
     expect(page.locator("#amount")).to_have_attribute("aria-invalid", "true")
     # A 400 is the browser's own console error for a failed fetch: expected.
-    assert watched.problems(r"status of 400") == []
+    assert watched.problems(r"status of 400", r"^http 400: .*/api/payments/$") == []
 
 
 def test_keyboard_alone_pays(live, open_page) -> None:
@@ -233,3 +235,103 @@ def test_polling_makes_more_requests_than_push_for_one_payment(
         )
         watched.screenshot("page-polling-vs-push")
         assert watched.problems() == []
+
+
+# The live admin -----------------------------------------------------------------
+
+
+def create_payment(live: LiveStack, method: str = "pm_card_visa") -> dict:
+    """Create a payment over the API, bound to no socket."""
+    response = httpx.post(
+        f"{live.http_url}/api/payments/",
+        json={"amount": 2500, "payment_method": method},
+        trust_env=False,
+        timeout=TIMEOUT / 1000,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def log_in_as_staff(open_page, live: LiveStack):
+    get_user_model().objects.create_user(
+        username="staff", password="pw-for-tests", is_staff=True, is_superuser=True
+    )
+    watched = open_page()
+    page = watched.page
+    page.goto(f"{live.http_url}/admin/login/?next=/admin/")
+    page.locator("#id_username").fill("staff")
+    page.locator("#id_password").fill("pw-for-tests")
+    page.locator("input[type=submit]").click()
+    expect(page.locator("#user-tools")).to_be_visible(timeout=TIMEOUT)
+    return watched
+
+
+def not_reloaded(page) -> None:
+    page.evaluate("window.notReloaded = true")
+
+
+def test_admin_updates_live_for_staff_and_never_for_others(
+    transactional_db, isolated_channel_layer, open_page
+) -> None:
+    # Outcomes 6 s after the charge: time to open the admin's pages first.
+    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="6") as live:
+        visitor, _ = open_home(open_page, live)  # anonymous, not staff
+        wait_live(visitor.page)
+        record_statuses(visitor.page)
+
+        first = create_payment(live, "pm_card_chargeDeclined")
+        listing = log_in_as_staff(open_page, live)
+        page = listing.page
+        page.goto(f"{live.http_url}/admin/payments/payment/")
+        expect(page.locator("html")).to_have_attribute(
+            "data-live-state", "open", timeout=TIMEOUT
+        )
+        not_reloaded(page)
+        row = page.locator("#result_list tr", has_text=first["id"])
+        expect(row.locator("td.field-status")).to_have_text(
+            re.compile("Pending|Processing")
+        )
+
+        detail = open_page(storage_state=page.context.storage_state())
+        detail.page.goto(
+            f"{live.http_url}/admin/payments/payment/{first['id']}/change/"
+        )
+        expect(detail.page.locator("html")).to_have_attribute(
+            "data-live-state", "open", timeout=TIMEOUT
+        )
+        not_reloaded(detail.page)
+
+        # A payment created while the list is open appears at its top.
+        second = create_payment(live)
+        new_row = page.locator("#result_list tr", has_text=second["id"])
+        expect(new_row).to_have_count(1, timeout=TIMEOUT)
+
+        expect(row.locator("td.field-status")).to_have_text("Failed", timeout=TIMEOUT)
+        expect(row.locator("td.field-version")).to_have_text("3")
+        status = detail.page.locator(".form-row.field-status .readonly")
+        expect(status).to_have_text("Failed", timeout=TIMEOUT)
+        expect(detail.page.locator(".form-row.field-version .readonly")).to_have_text(
+            "3"
+        )
+        expect(
+            detail.page.locator(".form-row.field-failure_code .readonly")
+        ).to_have_text("card_declined")
+        last_change = detail.page.locator("#events-group tbody tr").last
+        expect(last_change.locator("td.field-to_status")).to_have_text("Failed")
+        expect(detail.page.locator("#live-announcer")).to_contain_text("failed")
+        expect(new_row.locator("td.field-status")).to_have_text(
+            "Succeeded", timeout=TIMEOUT
+        )
+        for watched in (listing, detail):
+            assert watched.page.evaluate("window.notReloaded") is True
+        listing.screenshot("admin-changelist-live")
+        detail.screenshot("admin-change-live")
+
+        # Fence: the visitor's own payment, pushed after both of the others,
+        # comes over the same socket; nothing of theirs came before it.
+        own = pay(visitor.page)
+        wait_status(visitor.page, own, "succeeded")
+        seen_ids = {s[0] for s in visitor.page.evaluate("window.seen")}
+        assert seen_ids == {own}, seen_ids
+        for watched in (visitor, listing, detail):
+            assert watched.problems() == []
