@@ -335,3 +335,16 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         assert seen_ids == {own}, seen_ids
         for watched in (visitor, listing, detail):
             assert watched.problems() == []
+
+
+def test_other_pages_log_no_console_errors(live, open_page) -> None:
+    # The API's docs (its own, wider CSP) and the admin's login page.
+    watched = open_page()
+    page = watched.page
+    page.goto(f"{live.http_url}/api/docs/")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+        "Realtime payments API", timeout=TIMEOUT
+    )
+    page.goto(f"{live.http_url}/admin/login/")
+    expect(page.locator("#id_username")).to_be_visible()
+    assert watched.problems() == []
