@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -10,6 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
+from payments.models import Payment
 from tests.live import LiveStack, checked_stack
 
 pytestmark = pytest.mark.e2e
@@ -348,3 +351,69 @@ def test_other_pages_log_no_console_errors(live, open_page) -> None:
     page.goto(f"{live.http_url}/admin/login/")
     expect(page.locator("#id_username")).to_be_visible()
     assert watched.problems() == []
+
+
+# The client's own behaviour -----------------------------------------------------
+
+
+def test_client_reconnects_at_once_after_1001(live, open_page) -> None:
+    watched = open_page()
+    page = watched.page
+    sockets = []
+
+    def server(ws) -> None:  # a stand-in server on a path of its own
+        sockets.append(ws)
+        ws.send(json.dumps({"event": "socket-id", "data": f"mock-{len(sockets)}"}))
+        if len(sockets) == 1:
+            ws.close(code=1001, reason="server restarting")
+
+    page.route_web_socket(re.compile(r"/ws/test-1001/$"), server)
+    page.goto(live.http_url + "/")
+    # Backoff of ten minutes: only the 1001 rule reconnects within the test.
+    page.evaluate(
+        """async () => {
+            const url = "/static/realtime/payments-client.js";
+            const { PaymentsClient } = await import(url);
+            window.testClient = new PaymentsClient({
+                socketPath: "/ws/test-1001/", initialDelay: 600000, maxDelay: 600000,
+            });
+            // Into the DOM, where Playwright's waits can see it (the page's
+            // CSP forbids the eval that wait_for_function needs).
+            window.testClient.on("state", ({ socketId }) => {
+                document.body.dataset.testSocket = socketId ?? "";
+            });
+            window.testClient.connect();
+        }"""
+    )
+    expect(page.locator("body")).to_have_attribute(
+        "data-test-socket", "mock-2", timeout=TIMEOUT
+    )
+    assert page.evaluate("window.testClient.state") == "open"
+    assert len(sockets) == 2
+    assert watched.problems() == []
+
+
+def test_pay_retries_a_lost_answer_with_the_same_idempotency_key(
+    live, open_page
+) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    wait_live(page)
+    keys = []
+
+    def lose_first_answer(route) -> None:
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # the server creates the payment...
+            route.abort("connectionreset")  # ...and its answer is lost
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/payments/$"), lose_first_answer)
+    payment_id = pay(page)
+    wait_status(page, payment_id, "succeeded")
+
+    assert len(keys) == 2 and keys[0] == keys[1], keys
+    assert uuid.UUID(keys[0]).version == 4  # crypto.randomUUID()
+    assert list(Payment.objects.values_list("id", flat=True)) == [uuid.UUID(payment_id)]
+    assert watched.problems(r"net::ERR_CONNECTION_RESET") == []
