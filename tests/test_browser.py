@@ -88,6 +88,7 @@ def test_visa_succeeds_and_declined_fails_with_its_reason(live, open_page) -> No
     statuses = [li.get_attribute("data-status") for li in timeline(page, visa).all()]
     assert statuses == ["pending", "processing", "succeeded"]
     expect(timeline(page, visa).nth(1)).to_contain_text("via socket")
+    expect(page.locator(f"#payment-{visa} h3")).to_contain_text("12.34 USD")
 
     declined = pay(page, "pm_card_chargeDeclined")
     wait_status(page, declined, "failed")
@@ -129,8 +130,11 @@ def test_page_is_readable_at_phone_width(live, open_page) -> None:
     page = watched.page
     page.goto(live.http_url + "/")
     wait_live(page)
-    payment_id = pay(page)
+    payment_id = pay(page, compare=True)
     wait_status(page, payment_id, "succeeded")
+    expect(page.locator("#cmp-poll-after")).to_have_text(
+        re.compile(r"\d+ ms"), timeout=TIMEOUT
+    )
     # Nothing wider than the screen: no sideways scrolling.
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     watched.screenshot("page-phone")
@@ -308,6 +312,7 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         second = create_payment(live)
         new_row = page.locator("#result_list tr", has_text=second["id"])
         expect(new_row).to_have_count(1, timeout=TIMEOUT)
+        expect(new_row.locator("td.field-money")).to_have_text("25.00 USD")
 
         expect(row.locator("td.field-status")).to_have_text("Failed", timeout=TIMEOUT)
         expect(row.locator("td.field-version")).to_have_text("3")

@@ -1,21 +1,13 @@
 // The payments admin, live: the change list and a payment's page update
 // status, version and timeline from the staff socket (group staff.payments,
 // joined only by staff), without reload or polling.
-import { PaymentsClient } from "./payments-client.js";
+import { PaymentsClient, formatMoney as money } from "./payments-client.js";
 
-const ZERO_DECIMAL = new Set(["jpy", "krw", "vnd", "clp", "isk", "ugx"]);
 const changePath = location.pathname.match(/\/payment\/([0-9a-f-]{36})\/change\/$/);
 const pagePaymentId = changePath ? changePath[1] : null;
 
 const label = (status) => status.charAt(0).toUpperCase() + status.slice(1);
 const when = (iso) => new Date(iso).toLocaleString();
-
-function money(amount, currency) {
-  const code = String(currency).toUpperCase();
-  if (ZERO_DECIMAL.has(String(currency).toLowerCase())) return `${amount.toLocaleString("en")} ${code}`;
-  const major = Math.trunc(amount / 100).toLocaleString("en");
-  return `${major}.${String(amount % 100).padStart(2, "0")} ${code}`;
-}
 
 const announcer = document.createElement("p");
 announcer.className = "visually-hidden";

@@ -1,6 +1,6 @@
 // The page at /: a form that pays through payments-client.js, a live
 // timeline per payment, and the polling vs push comparison.
-import { PaymentsClient, isTerminal } from "./payments-client.js";
+import { PaymentsClient, formatMoney, isTerminal } from "./payments-client.js";
 
 const $ = (selector) => document.querySelector(selector);
 const client = new PaymentsClient();
@@ -42,7 +42,7 @@ function paymentArticle(payment) {
   article.dataset.paymentId = payment.id;
   const title = document.createElement("h3");
   const amount = document.createElement("span");
-  amount.textContent = `${payment.amount} ${String(payment.currency).toUpperCase()} · `;
+  amount.textContent = `${formatMoney(payment.amount, payment.currency)} · `;
   const method = document.createElement("code");
   method.textContent = payment.payment_method;
   const status = document.createElement("span");
@@ -93,7 +93,7 @@ function showStatus(payment, { source } = {}) {
   badge.textContent = latest.dataset.status;
   badge.dataset.status = latest.dataset.status;
   article.dataset.status = latest.dataset.status;
-  $("#announcer").textContent = `Payment of ${payment.amount} ${payment.currency}: ${payment.status}`;
+  $("#announcer").textContent = `Payment of ${formatMoney(payment.amount, payment.currency)}: ${payment.status}`;
 }
 
 client.on("status", showStatus);

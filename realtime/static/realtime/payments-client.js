@@ -35,6 +35,16 @@ export function isTerminal(status) {
   return TERMINAL.has(status);
 }
 
+const ZERO_DECIMAL = new Set(["jpy", "krw", "vnd", "clp", "isk", "ugx"]);
+
+/** Format minor units as the admin does: 1234 usd → "12.34 USD". */
+export function formatMoney(amount, currency) {
+  const code = String(currency).toUpperCase();
+  if (ZERO_DECIMAL.has(String(currency).toLowerCase())) return `${amount.toLocaleString("en")} ${code}`;
+  const major = Math.trunc(amount / 100).toLocaleString("en");
+  return `${major}.${String(amount % 100).padStart(2, "0")} ${code}`;
+}
+
 function byteLength(text) {
   return typeof text === "string" ? encoder.encode(text).length : 0;
 }
