@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+# Payments whose last sent version a socket remembers. A staff socket
+# (staff.payments) sees every payment, so without a bound the dict grows for
+# as long as the admin stays open; past it the oldest is forgotten, and only
+# a re-push of that old a payment could reach the socket twice.
+MAX_TRACKED_VERSIONS = 10_000
 
 
 @database_sync_to_async
@@ -270,7 +275,10 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         payment_id, version = str(payment["id"]), int(payment["version"])
         if version <= self.sent_versions.get(payment_id, 0):
             return
+        self.sent_versions.pop(payment_id, None)  # re-inserted as the newest
         self.sent_versions[payment_id] = version
+        if len(self.sent_versions) > MAX_TRACKED_VERSIONS:
+            del self.sent_versions[next(iter(self.sent_versions))]
         await self.send_json({"event": "payment-status", "data": payment})
 
     async def send_error(self, code: str, message: str) -> None:

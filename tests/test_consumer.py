@@ -581,3 +581,26 @@ async def test_staff_sockets_receive_every_payment_and_others_none(
     await expect_status(staff, payment, "processing", 2)
     assert await frames_until_fence(user, user_id) == []
     assert await frames_until_fence(anonymous, anonymous_id) == []
+
+
+async def test_a_socket_remembers_a_bounded_number_of_payments(
+    connect: Connect, monkeypatch
+) -> None:
+    # A staff socket sees every payment: what it remembers for deduplication
+    # is bounded, the oldest forgotten first.
+    from realtime import consumers
+
+    monkeypatch.setattr(consumers, "MAX_TRACKED_VERSIONS", 2)
+    communicator, socket_id = await connect()
+    oldest, middle, newest = (payment_frame_data(version=2) for _ in range(3))
+    for data in (oldest, middle, newest):
+        await send_to_socket(socket_id, data)
+        assert (await communicator.receive_json_from(timeout=TIMEOUT))["data"] == data
+
+    for data in (newest, middle, oldest):  # the same versions again
+        await send_to_socket(socket_id, data)
+
+    # Only the forgotten one comes again; the two remembered are dropped.
+    assert await frames_until_fence(communicator, socket_id) == [
+        {"event": "payment-status", "data": oldest}
+    ]

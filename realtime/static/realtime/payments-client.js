@@ -17,6 +17,9 @@
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const GOING_AWAY = 1001;
+// Payments whose last version is remembered: the live admin sees every
+// payment for as long as it stays open; the oldest is forgotten first.
+const MAX_TRACKED = 10000;
 const encoder = new TextEncoder();
 
 /** An error answered by the API: {status, code, message, fields}. */
@@ -242,7 +245,9 @@ export class PaymentsClient {
     if (!payment || typeof payment.id !== "string") return;
     const version = Number(payment.version);
     if (!(version > (this._latest.get(payment.id)?.version ?? 0))) return;
+    this._latest.delete(payment.id); // re-inserted as the newest
     this._latest.set(payment.id, { version, status: payment.status });
+    if (this._latest.size > MAX_TRACKED) this._latest.delete(this._latest.keys().next().value);
     const entry = this._followed.get(payment.id);
     if (entry) {
       entry.status = payment.status;
