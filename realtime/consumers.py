@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -44,6 +45,16 @@ def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | 
     return selectors.payment_public_data(
         payment_id=payment_id, client_secret=client_secret, user=user
     )
+
+
+def _asks_for_staff_feed(scope: dict[str, Any]) -> bool:
+    """Tell whether the socket was opened with ?feed=staff (the live admin).
+
+    Opt-in: a staff user's other pages (the page at /) are not sent every
+    payment in the system.
+    """
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return query.get("feed") == ["staff"]
 
 
 # Channel-layer messages whose handlers touch no database.
@@ -102,7 +113,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             await self._join(groups.user_group(user.pk))
-            if user.is_staff:
+            if user.is_staff and _asks_for_staff_feed(self.scope):
                 await self._join(groups.STAFF_GROUP)
         await self.accept()
         await self.send_json({"event": "socket-id", "data": self.socket_id})

@@ -422,3 +422,26 @@ def test_pay_retries_a_lost_answer_with_the_same_idempotency_key(
     assert uuid.UUID(keys[0]).version == 4  # crypto.randomUUID()
     assert list(Payment.objects.values_list("id", flat=True)) == [uuid.UUID(payment_id)]
     assert watched.problems(r"net::ERR_CONNECTION_RESET") == []
+
+
+def test_staff_on_the_page_pay_with_csrf_and_see_only_their_payments(
+    live, open_page
+) -> None:
+    watched = log_in_as_staff(open_page, live)
+    page = watched.page
+    page.goto(live.http_url + "/")
+    wait_live(page)
+    record_statuses(page)
+    other = create_payment(live)  # someone else's, bound to no socket
+    # A session POST needs the CSRF token (DRF): the client sends the cookie's.
+    own = pay(page)
+    wait_status(page, own, "succeeded")
+    # Fence: a second payment of the page's, pushed after the other's outcome
+    # (committed before the page's own: one worker, outcomes in due order).
+    assert Payment.objects.get(pk=other["id"]).status == "succeeded"
+    fence = pay(page)
+    wait_status(page, fence, "succeeded")
+    seen_ids = {s[0] for s in page.evaluate("window.seen")}
+    assert seen_ids == {own, fence}, seen_ids
+    assert page.locator("article.payment").count() == 2
+    assert watched.problems() == []

@@ -60,10 +60,12 @@ async def connect() -> AsyncIterator[Connect]:
     opened: list[WebsocketCommunicator] = []
 
     async def open_socket(
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, feed: str | None = None
     ) -> tuple[WebsocketCommunicator, str]:
         communicator = WebsocketCommunicator(
-            application, PATH, headers=[ORIGIN] if headers is None else headers
+            application,
+            PATH if feed is None else f"{PATH}?feed={feed}",
+            headers=[ORIGIN] if headers is None else headers,
         )
         opened.append(communicator)
         connected, _ = await communicator.connect(timeout=TIMEOUT)
@@ -567,18 +569,20 @@ async def test_staff_sockets_receive_every_payment_and_others_none(
         session = client.cookies[settings.SESSION_COOKIE_NAME].value
         return f"{settings.SESSION_COOKIE_NAME}={session}".encode()
 
-    staff, _ = await connect(
-        [ORIGIN, (b"cookie", await cookie_for("s", is_staff=True))]
-    )
+    staff_cookie = await cookie_for("s", is_staff=True)
+    staff, _ = await connect([ORIGIN, (b"cookie", staff_cookie)], feed="staff")
+    # A staff user's socket that did not ask for the feed, a user's that did.
+    staff_page, staff_page_id = await connect([ORIGIN, (b"cookie", staff_cookie)])
     user, user_id = await connect(
-        [ORIGIN, (b"cookie", await cookie_for("u", is_staff=False))]
+        [ORIGIN, (b"cookie", await cookie_for("u", is_staff=False))], feed="staff"
     )
-    anonymous, anonymous_id = await connect()
+    anonymous, anonymous_id = await connect(feed="staff")
     payment = await create_payment()  # nobody's: no user, no socket
 
     await start_processing(payment_id=payment.id)
 
     await expect_status(staff, payment, "processing", 2)
+    assert await frames_until_fence(staff_page, staff_page_id) == []
     assert await frames_until_fence(user, user_id) == []
     assert await frames_until_fence(anonymous, anonymous_id) == []
 

@@ -101,7 +101,8 @@ function updatePage(payment) {
   row.classList.add("live-updated");
 }
 
-const client = new PaymentsClient();
+// ?feed=staff: this socket joins staff.payments (staff only; ignored for others).
+const client = new PaymentsClient({ socketPath: "/ws/payments/?feed=staff" });
 client.on("status", (payment) => {
   if (pagePaymentId) {
     if (payment.id !== pagePaymentId) return;
