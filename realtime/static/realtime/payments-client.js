@@ -136,7 +136,6 @@ export class PaymentsClient {
   /** Open the socket (and keep it open until close()). */
   connect() {
     if (this.state !== "idle" && this.state !== "closed") return this;
-    this._closedByUser = false;
     if (typeof this.WebSocketImpl !== "function") {
       this._failures = this.fallbackAfter;
       this._setState("polling");
@@ -148,7 +147,6 @@ export class PaymentsClient {
   }
 
   close() {
-    this._closedByUser = true;
     clearTimeout(this._retryTimer);
     this._stopPolling();
     this._ws?.close(1000);
@@ -170,6 +168,7 @@ export class PaymentsClient {
     this._ws = ws;
     let ready = false;
     ws.onmessage = ({ data }) => {
+      if (this._ws !== ws) return; // closed by close(), or replaced
       this.stats.frames += 1;
       this.stats.bytes += byteLength(data);
       let frame;
@@ -193,8 +192,10 @@ export class PaymentsClient {
       }
     };
     ws.onclose = ({ code }) => {
-      if (this._ws === ws) this._ws = null;
-      if (this._closedByUser) return;
+      // close() let go of it already: a connect() since must not get a
+      // second reconnect loop from this late event.
+      if (this._ws !== ws) return;
+      this._ws = null;
       this.socketId = null;
       this._scheduleReconnect(ready, code);
     };
@@ -316,12 +317,13 @@ export class PaymentsClient {
     const headers = { "Content-Type": "application/json", "Idempotency-Key": key };
     const csrf = readCookie("csrftoken");
     if (csrf) headers["X-CSRFToken"] = csrf;
+    const requestBody = JSON.stringify(payload); // a bad argument throws here, once
     for (let attempt = 0; ; attempt += 1) {
       try {
         const { body, bytes } = await this._request("/api/payments/", {
           method: "POST",
           headers,
-          body: JSON.stringify(payload),
+          body: requestBody,
         });
         const entry = this.follow(body);
         // Bound to the socket it was posted with; a socket opened since
