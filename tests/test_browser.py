@@ -116,6 +116,12 @@ def test_keyboard_alone_pays(live, open_page) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
     wait_live(page)
+    # The first Tab reaches the skip link, which leads to the form.
+    page.keyboard.press("Tab")
+    expect(page.locator("a.skip")).to_be_focused()
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != (
+        "none"
+    )
     page.locator("#amount").focus()
     page.keyboard.type("0")  # 10000
     page.keyboard.press("Enter")  # submits the form
