@@ -7,6 +7,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
+from django.forms import Script
 from django.http import HttpRequest
 
 from payments.models import GatewayCall, Payment, PaymentEvent
@@ -48,7 +49,7 @@ class GatewayCallInline(ReadOnlyInline):
 
 @admin.register(Payment)
 class PaymentAdmin(admin.ModelAdmin):
-    list_display = ["id", "status", "money", "payment_method", "created_at"]
+    list_display = ["id", "status", "version", "money", "payment_method", "created_at"]
     list_filter = ["status", "currency", "created_at"]
     search_fields = ["socket_id"]
     date_hierarchy = "created_at"
@@ -70,6 +71,12 @@ class PaymentAdmin(admin.ModelAdmin):
     ]
     fields = [*readonly_fields, "description"]
     inlines = [PaymentEventInline, GatewayCallInline]
+
+    class Media:
+        # The list and a payment's page update live from the staff socket
+        # (realtime/static/realtime/admin-live.js; the group staff.payments).
+        js = [Script("realtime/admin-live.js", type="module")]
+        css = {"all": ["realtime/admin-live.css"]}
 
     @admin.display(description="amount", ordering="amount")
     def money(self, obj: Payment) -> str:

@@ -96,3 +96,21 @@ def payment_ids_with_open_job(*, payment_ids: list[Any]) -> set[str]:
             args_kwargs__kwargs__payment_id__in=[str(pk) for pk in payment_ids],
         ).values_list("args_kwargs__kwargs__payment_id", flat=True)
     )
+
+
+def payment_method_outcomes() -> list[dict[str, str]]:
+    """Return the simulated gateway's test methods and the outcome of each.
+
+    For the page at / (its card chooser): the same table the gateway charges by.
+    """
+    from payments.gateways.simulated import OUTCOMES
+
+    return [
+        {
+            "method": method,
+            "outcome": str(outcome.value),
+            "failure_code": code,
+            "failure_message": message,
+        }
+        for method, (outcome, code, message) in OUTCOMES.items()
+    ]

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -22,6 +23,16 @@ logger = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
+
+
+def _asks_for_staff_feed(scope: dict[str, Any]) -> bool:
+    """Tell whether the socket was opened with ?feed=staff (the live admin).
+
+    Opt-in: a staff user's other pages (the page at /) are not sent every
+    payment in the system.
+    """
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return query.get("feed") == ["staff"]
 
 
 # Channel-layer messages whose handlers touch no database.
@@ -77,6 +88,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             await self._join(groups.user_group(user.pk))
+            if user.is_staff and _asks_for_staff_feed(self.scope):
+                await self._join(groups.STAFF_GROUP)
         await self.accept()
         await self.send_json({"event": "socket-id", "data": self.socket_id})
 

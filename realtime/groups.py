@@ -21,3 +21,7 @@ def payment_group(payment_id: uuid.UUID | str) -> str:
 
 def user_group(user_id: int | str) -> str:
     return f"user.{user_id}"
+
+
+#: Every payment's status changes, for staff sockets only (the live admin).
+STAFF_GROUP = "staff.payments"

@@ -83,6 +83,8 @@ def payment_status_changed(
         targets.append(groups.socket_group(socket_id))
     if user_id is not None:
         targets.append(groups.user_group(user_id))
+    # Staff sockets (the live admin) see every payment; nobody else joins it.
+    targets.append(groups.STAFF_GROUP)
     message = {"type": MESSAGE_TYPE, "payment": data}
     layer = get_channel_layer()
     try:

@@ -32,6 +32,13 @@ def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | 
     )
 
 
+# Payments whose last sent version a socket remembers. A staff socket
+# (staff.payments) sees every payment, so without a bound the dict grows for
+# as long as the admin stays open; past it the oldest is forgotten, and only
+# a re-push of that old a payment could reach the socket twice.
+MAX_TRACKED_VERSIONS = 10_000
+
+
 class SubscriptionRefusedError(Exception):
     """A subscribe or unsubscribe refused: ``code`` and a message naming the field."""
 
@@ -126,5 +133,8 @@ class PaymentSubscriptions:
         payment_id, version = str(payment["id"]), int(payment["version"])
         if version <= self.sent_versions.get(payment_id, 0):
             return False
+        self.sent_versions.pop(payment_id, None)  # re-inserted as the newest
         self.sent_versions[payment_id] = version
+        if len(self.sent_versions) > MAX_TRACKED_VERSIONS:
+            del self.sent_versions[next(iter(self.sent_versions))]
         return True

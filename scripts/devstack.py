@@ -86,6 +86,7 @@ def main() -> int:
         )
         print(
             "\n"
+            f"  Page       {base}/  (pay and watch it live; polling vs push)\n"
             f"  API        {base}/api/payments/\n"
             f"  WebSocket  ws://{HOST}:{PORT}/ws/payments/\n"
             f"  Admin      {base}/admin/  log in as {login}\n"

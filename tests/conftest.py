@@ -11,6 +11,9 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+# Chromium through Playwright: the browser tests' fixtures (chromium, open_page).
+pytest_plugins = ["tests.browser"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("REDIS_URL"):

@@ -62,10 +62,12 @@ async def connect() -> AsyncIterator[Connect]:
     opened: list[WebsocketCommunicator] = []
 
     async def open_socket(
-        headers: list[tuple[bytes, bytes]] | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None, feed: str | None = None
     ) -> tuple[WebsocketCommunicator, str]:
         communicator = WebsocketCommunicator(
-            application, PATH, headers=[ORIGIN, HOST] if headers is None else headers
+            application,
+            PATH if feed is None else f"{PATH}?feed={feed}",
+            headers=[ORIGIN, HOST] if headers is None else headers,
         )
         opened.append(communicator)
         connected, _ = await communicator.connect(timeout=TIMEOUT)
@@ -551,3 +553,60 @@ async def test_unsubscribe_from_a_payment_not_followed_is_an_error(
 
     await expect_error(communicator, "not_subscribed")
     await expect_still_open(communicator)
+
+
+# The staff group (the live admin) ---------------------------------------------
+
+
+async def test_staff_sockets_receive_every_payment_and_others_none(
+    connect: Connect,
+) -> None:
+    @database_sync_to_async
+    def cookie_for(username: str, *, is_staff: bool) -> bytes:
+        user = get_user_model().objects.create_user(
+            username=username, password="pw", is_staff=is_staff
+        )
+        client = Client()
+        client.force_login(user)
+        session = client.cookies[settings.SESSION_COOKIE_NAME].value
+        return f"{settings.SESSION_COOKIE_NAME}={session}".encode()
+
+    staff_cookie = await cookie_for("s", is_staff=True)
+    staff, _ = await connect([ORIGIN, (b"cookie", staff_cookie)], feed="staff")
+    # A staff user's socket that did not ask for the feed, a user's that did.
+    staff_page, staff_page_id = await connect([ORIGIN, (b"cookie", staff_cookie)])
+    user, user_id = await connect(
+        [ORIGIN, (b"cookie", await cookie_for("u", is_staff=False))], feed="staff"
+    )
+    anonymous, anonymous_id = await connect(feed="staff")
+    payment = await create_payment()  # nobody's: no user, no socket
+
+    await start_processing(payment_id=payment.id)
+
+    await expect_status(staff, payment, "processing", 2)
+    assert await frames_until_fence(staff_page, staff_page_id) == []
+    assert await frames_until_fence(user, user_id) == []
+    assert await frames_until_fence(anonymous, anonymous_id) == []
+
+
+async def test_a_socket_remembers_a_bounded_number_of_payments(
+    connect: Connect, monkeypatch
+) -> None:
+    # A staff socket sees every payment: what it remembers for deduplication
+    # is bounded, the oldest forgotten first.
+    from realtime import subscriptions
+
+    monkeypatch.setattr(subscriptions, "MAX_TRACKED_VERSIONS", 2)
+    communicator, socket_id = await connect()
+    oldest, middle, newest = (payment_frame_data(version=2) for _ in range(3))
+    for data in (oldest, middle, newest):
+        await send_to_socket(socket_id, data)
+        assert (await communicator.receive_json_from(timeout=TIMEOUT))["data"] == data
+
+    for data in (newest, middle, oldest):  # the same versions again
+        await send_to_socket(socket_id, data)
+
+    # Only the forgotten one comes again; the two remembered are dropped.
+    assert await frames_until_fence(communicator, socket_id) == [
+        {"event": "payment-status", "data": oldest}
+    ]

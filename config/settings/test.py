@@ -25,6 +25,12 @@ if DATABASES["default"]["ENGINE"] == "config.sqlite3":
         )
     }
 
+# STATIC
+# ------------------------------------------------------------------------------
+# The web process the browser tests start serves the apps' static files
+# (WhiteNoise from the finders), no collectstatic needed.
+WHITENOISE_USE_FINDERS = True
+
 # CORS AND WEBSOCKET ORIGINS
 # ------------------------------------------------------------------------------
 CORS_ALLOWED_ORIGINS = ["http://localhost:3000"]
