@@ -572,11 +572,11 @@ async def test_staff_sockets_receive_every_payment_and_others_none(
         return f"{settings.SESSION_COOKIE_NAME}={session}".encode()
 
     staff_cookie = await cookie_for("s", is_staff=True)
-    staff, _ = await connect([ORIGIN, (b"cookie", staff_cookie)], feed="staff")
+    staff, _ = await connect([ORIGIN, HOST, (b"cookie", staff_cookie)], feed="staff")
     # A staff user's socket that did not ask for the feed, a user's that did.
-    staff_page, staff_page_id = await connect([ORIGIN, (b"cookie", staff_cookie)])
+    staff_page, staff_page_id = await connect([ORIGIN, HOST, (b"cookie", staff_cookie)])
     user, user_id = await connect(
-        [ORIGIN, (b"cookie", await cookie_for("u", is_staff=False))], feed="staff"
+        [ORIGIN, HOST, (b"cookie", await cookie_for("u", is_staff=False))], feed="staff"
     )
     anonymous, anonymous_id = await connect(feed="staff")
     payment = await create_payment()  # nobody's: no user, no socket
