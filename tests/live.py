@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from django.conf import settings
+from django.db import connection
+
 from payments.gateways.simulated import SimulatedGateway
 
 if TYPE_CHECKING:
@@ -395,6 +398,35 @@ def live_stack(
         yield stack
     finally:
         stack.close()
+
+
+@contextmanager
+def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
+    """Run web and worker processes on the test database; check how they ended.
+
+    The test database and REDIS_URL of this pytest process, the channel
+    layer under ``channels_prefix`` (the isolated_channel_layer fixture).
+    """
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=channels_prefix,
+        **options,
+    ) as stack:
+        yield stack
+        # Checked before stopping: a process that died during the test is a bug.
+        crashed = [p for p in stack.processes if p.returncode is not None]
+    for process in stack.processes:
+        # Shown by pytest only when the test fails.
+        print(process.report())
+    assert all(p.returncode is not None for p in stack.processes), "not stopped"
+    assert not any(p.killed for p in stack.processes), "ignored SIGTERM"
+    assert not crashed, "exited during the test: " + ", ".join(
+        f"{p.name} ({p.returncode})" for p in crashed
+    )
+    # An error the client never saw (a consumer crash after the last frame, a
+    # failed task) still shows in the process's log.
+    assert not [p.name for p in stack.processes if "Traceback" in p.output()]
 
 
 class SlowChargeGateway(SimulatedGateway):

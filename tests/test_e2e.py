@@ -6,18 +6,15 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
 from channels.layers import get_channel_layer
-from django.conf import settings
-from django.db import connection
 from websockets.asyncio.client import ClientConnection, connect
 
 from realtime import groups, notify
-from tests.live import LiveStack, database_url, live_stack
+from tests.live import LiveStack, checked_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -25,31 +22,6 @@ ORIGIN = "http://localhost:3000"
 # Generous: the whole path (HTTP, worker poll, gateway delay, deferred
 # refresh, Redis, socket) runs in separate processes on a shared machine.
 TIMEOUT = 20.0
-
-
-@contextmanager
-def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
-    """Run web and worker processes on the test database; check how they ended."""
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=channels_prefix,
-        **options,
-    ) as stack:
-        yield stack
-        # Checked before stopping: a process that died during the test is a bug.
-        crashed = [p for p in stack.processes if p.returncode is not None]
-    for process in stack.processes:
-        # Shown by pytest only when the test fails.
-        print(process.report())
-    assert all(p.returncode is not None for p in stack.processes), "not stopped"
-    assert not any(p.killed for p in stack.processes), "ignored SIGTERM"
-    assert not crashed, "exited during the test: " + ", ".join(
-        f"{p.name} ({p.returncode})" for p in crashed
-    )
-    # An error the client never saw (a consumer crash after the last frame, a
-    # failed task) still shows in the process's log.
-    assert not [p.name for p in stack.processes if "Traceback" in p.output()]
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.live import LiveStack, RoundRobinProxy
-from tests.test_e2e import checked_stack
+from tests.live import LiveStack, RoundRobinProxy, checked_stack
 
 pytestmark = pytest.mark.e2e
 
