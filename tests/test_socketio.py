@@ -7,12 +7,19 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import redis
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
+from realtime.socketio import sessions
 from tests.live import LiveStack, RoundRobinProxy, checked_stack
 
 pytestmark = pytest.mark.e2e
@@ -239,3 +246,150 @@ def test_polling_refusals_and_an_idle_session_leaves_nothing(live: LiveStack) ->
         assert http.get(base, params=query).status_code == 400
     client = redis.Redis.from_url(live.redis_url)
     assert client.keys(f"{live.channels_prefix}:sio:*") == []
+
+
+# Engine.IO by hand: the protocol's edges the real client never takes -----------
+
+# Pings far apart, so none releases a poll the test holds; a small cap.
+QUIET = {
+    "SOCKETIO_PING_INTERVAL": "20",
+    "SOCKETIO_PING_TIMEOUT": "10",
+    "SOCKETIO_MAX_SESSIONS_PER_CLIENT": "2",
+}
+WAIT = 10.0
+
+
+@pytest.fixture
+def quiet(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
+    """One web process (no worker): only the transport is under test."""
+    with checked_stack(isolated_channel_layer, worker=False, **QUIET) as stack:
+        yield stack
+
+
+class Polling:
+    """An Engine.IO polling session driven by hand over real HTTP."""
+
+    def __init__(self, stack: LiveStack) -> None:
+        self.stack = stack
+        self.base = f"{stack.http_url}/socket.io/"
+        self.http = httpx.Client(trust_env=False, timeout=WAIT)
+        self.redis = redis.Redis.from_url(stack.redis_url)
+        self.sid = ""
+
+    def handshake(self) -> httpx.Response:
+        return self.http.get(self.base, params={"EIO": "4", "transport": "polling"})
+
+    def open(self) -> str:
+        opened = self.handshake()
+        assert opened.status_code == 200, opened.text
+        self.sid = json.loads(opened.text[1:])["sid"]
+        return self.sid
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {"EIO": "4", "transport": "polling", "sid": self.sid}
+
+    def get(self, **kwargs: Any) -> httpx.Response:
+        return self.http.get(self.base, params=self.query, **kwargs)
+
+    def post(self, body: str) -> httpx.Response:
+        return self.http.post(self.base, params=self.query, content=body.encode())
+
+    def get_held(self, pool: ThreadPoolExecutor) -> Any:
+        """Start a long-poll in ``pool``; return its future once the server holds it."""
+        held = pool.submit(self.get)
+        key = f"{self.stack.channels_prefix}:sio:{self.sid}:get"
+        deadline = time.monotonic() + WAIT
+        while not self.redis.exists(key):
+            assert not held.done(), held.result().text
+            assert time.monotonic() < deadline, "the GET was never held"
+            time.sleep(0.01)  # polling Redis for the GET's slot, not a quiet period
+        return held
+
+    def websocket(self) -> Any:
+        return ws_connect(
+            f"{self.stack.ws_url}/socket.io/?EIO=4&transport=websocket&sid={self.sid}",
+            origin=ORIGIN,
+            proxy=None,
+            open_timeout=WAIT,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.redis.close()
+
+
+def recv_past_noops(websocket: Any) -> str:
+    """Return the next packet but noops, which the mailbox may hold after an upgrade."""
+    while (packet := websocket.recv(WAIT)) == "6":
+        pass
+    return packet
+
+
+@pytest.fixture
+def polling(quiet: LiveStack) -> Iterator[Polling]:
+    session = Polling(quiet)
+    yield session
+    session.close()
+
+
+def test_a_second_concurrent_get_is_refused_and_ends_the_session(
+    polling: Polling,
+) -> None:
+    polling.open()
+    with ThreadPoolExecutor(1) as pool:
+        held = polling.get_held(pool)
+        second = polling.get()
+        assert second.status_code == 400
+        assert second.json()["error"]["message"].startswith("sid: one GET at a time")
+        # engine.io's server closes the session on the overlap: the held GET
+        # ends on the close packet, and the sid is unknown from then on.
+        assert held.result(WAIT).text == "1"
+    gone = polling.post("40")
+    assert gone.status_code == 400
+    assert gone.json()["error"]["code"] == "unknown_sid"
+
+
+def test_websocket_with_an_unknown_forged_or_upgraded_sid_is_refused(
+    polling: Polling,
+) -> None:
+    # engine.io's server refuses such an upgrade request (its verify() fails
+    # before the WebSocket is accepted: HTTP 400, socket destroyed); daphne
+    # refuses a handshake the application closes with 403.
+    for sid in ("x.y", "forged.AAAA", sessions.new_sid()):
+        polling.sid = sid
+        with pytest.raises(InvalidStatus) as refused, polling.websocket():
+            pass
+        assert refused.value.response.status_code == 403, sid
+    polling.open()
+    with polling.websocket() as upgraded:
+        upgraded.send("2probe")
+        assert upgraded.recv(WAIT) == "3probe"
+        upgraded.send("5")
+        upgraded.send("40")
+        # Answered over the WebSocket: the upgrade is done.
+        assert recv_past_noops(upgraded).startswith('40{"sid":')
+        # A second upgrade of the same session is refused too.
+        with pytest.raises(InvalidStatus) as refused, polling.websocket():
+            pass
+        assert refused.value.response.status_code == 403
+
+
+def test_polling_sessions_per_client_are_capped_and_freed_when_one_ends(
+    polling: Polling,
+) -> None:
+    first = polling.open()
+    polling.open()
+    refused = polling.handshake()
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "too_many_sessions"
+    assert error["message"].startswith("sid: at most 2 sessions")
+    # The client closes its first session; its slot is free once it is over.
+    polling.sid = first
+    with ThreadPoolExecutor(1) as pool:
+        held = polling.get_held(pool)
+        assert polling.post("1").text == "ok"
+        assert held.result(WAIT).text == "1"
+    assert polling.handshake().status_code == 200
+    assert polling.handshake().status_code == 429
