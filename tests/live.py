@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from django.conf import settings
@@ -234,6 +234,13 @@ class LiveStack:
         self.web: LiveProcess | None = None
         self.worker: LiveProcess | None = None
         self.extra_workers: list[LiveProcess] = []
+        # Process names are worker ids, and a worker's heartbeat is keyed
+        # by its id in the shared database: a stack opened beside another
+        # names its processes apart, or its worker takes the other's lease.
+        self.tag = f"@{port}" if LiveStack._open else ""
+        LiveStack._open.add(port)
+
+    _open: ClassVar[set[int]] = set()
 
     @property
     def processes(self) -> tuple[LiveProcess, ...]:
@@ -243,8 +250,10 @@ class LiveStack:
     def _name(self, role: str) -> str:
         self._started[role] += 1
         count = self._started[role]
-        return {"web": "daphne", "worker": "db_worker"}[role] + (
-            f"-{count}" if count > 1 else ""
+        return (
+            {"web": "daphne", "worker": "db_worker"}[role]
+            + (f"-{count}" if count > 1 else "")
+            + self.tag
         )
 
     # Web --------------------------------------------------------------------
@@ -352,6 +361,7 @@ class LiveStack:
 
     def close(self) -> None:
         """Stop whatever still runs, keeping every process's output."""
+        LiveStack._open.discard(self.port)
         errors = []
         for process in reversed(self.history):
             try:
