@@ -375,6 +375,33 @@ def test_websocket_with_an_unknown_forged_or_upgraded_sid_is_refused(
         assert refused.value.response.status_code == 403
 
 
+def test_a_poll_sent_while_the_probe_is_answered_is_released_too(
+    polling: Polling,
+) -> None:
+    """The upgrade must not wait for the next ping to release the client's poll.
+
+    A client reads 3probe on its WebSocket and a poll's answer on HTTP in
+    whatever order they arrive: it may get the first noop back before
+    3probe, poll again, and only then pause polling, waiting for that poll.
+    engine.io's server writes a noop every 100 ms while the upgrade is
+    pending; one noop left that poll waiting for the next ping (25 s).
+    """
+    polling.open()
+    with ThreadPoolExecutor(1) as pool, polling.websocket() as upgrade:
+        held = polling.get_held(pool)
+        upgrade.send("2probe")
+        assert upgrade.recv(WAIT) == "3probe"
+        assert held.result(WAIT).text == "6"
+        # Far sooner than the ping (20 s) that would release it otherwise.
+        again = polling.get(timeout=5)
+        assert again.text.split("\x1e")[0] == "6"
+        upgrade.send("5")
+        upgrade.send("40")
+        assert recv_past_noops(upgrade).startswith('40{"sid":')
+    moved = polling.get()
+    assert moved.status_code == 400
+
+
 def test_polling_sessions_per_client_are_capped_and_freed_when_one_ends(
     polling: Polling,
 ) -> None:
