@@ -123,7 +123,10 @@ def two_webs(
     """Two web processes (each with a worker) behind a non-sticky proxy.
 
     Heartbeat at its defaults' scale: 50 clients and four processes share
-    two cores, where 1-s pings met real timeouts.
+    two cores with other work. At 1 s / 2 s (five runs of the three modes,
+    load average about 4) no session hit a ping timeout and no pong took
+    over 0.5 s; the upgrade race found there stalled upgrades, it lost no
+    ping (test_a_poll_sent_while_the_probe_is_answered_is_released_too).
     """
     options = {
         "PAYMENTS_SIMULATED_DELAY": "0.3",
@@ -161,8 +164,10 @@ def test_fifty_clients_across_two_processes_none_lost(
     assert len({r["socketId"] for r in results}) == 50
     for port in (first.port, second.port):
         assert any("/socket.io/" in line for line in proxy.first_lines[port]), port
-    if ends_on == "polling" or transports is None:
+    if ends_on == "polling":
         # One session's requests served by both processes: no stickiness.
+        # Not asserted for the default mode: its few polls before the
+        # upgrade often share one kept-alive connection, hence one process.
         assert sids_in_log(first) & sids_in_log(second)
 
 
