@@ -425,3 +425,23 @@ def test_polling_sessions_per_client_are_capped_and_freed_when_one_ends(
         assert held.result(WAIT).text == "1"
     assert polling.handshake().status_code == 200
     assert polling.handshake().status_code == 429
+
+
+def test_a_probe_never_followed_by_the_upgrade_is_closed(polling: Polling) -> None:
+    # engine.io's upgradeTimeout: the probe socket goes, the session stays.
+    from websockets.exceptions import ConnectionClosed
+
+    from realtime.socketio.websocket import UPGRADE_TIMEOUT
+
+    polling.open()
+    with polling.websocket() as probe:
+        probe.send("2probe")
+        assert probe.recv(WAIT) == "3probe"
+        with pytest.raises(ConnectionClosed):
+            while True:
+                probe.recv(UPGRADE_TIMEOUT + WAIT)
+    assert polling.post("40").text == "ok"
+    # Noops the upgrade left in the mailbox come first.
+    while (answer := [p for p in polling.get().text.split("\x1e") if p != "6"]) == []:
+        pass
+    assert answer[0].startswith('40{"sid":')
