@@ -148,6 +148,29 @@ class SiteOriginValidator:
         return await self.application(scope, receive, send)
 
 
+class ClientSlots:
+    """Count what each client address holds in this web process, up to a limit.
+
+    In process memory: taking and releasing a slot needs no round trip, and
+    a process that dies takes its count with it, as it does its sockets.
+    """
+
+    def __init__(self) -> None:
+        self.held: Counter[str] = Counter()
+
+    def take(self, address: str, limit: int) -> bool:
+        """Take one of ``address``'s ``limit`` slots; False if it holds them all."""
+        if self.held[address] >= limit:
+            return False
+        self.held[address] += 1
+        return True
+
+    def release(self, address: str) -> None:
+        self.held[address] -= 1
+        if self.held[address] <= 0:
+            del self.held[address]
+
+
 class ConnectionCap:
     """Hold each client address to REALTIME_MAX_CONNECTIONS_PER_CLIENT open sockets.
 
@@ -159,7 +182,7 @@ class ConnectionCap:
 
     def __init__(self, application: Any) -> None:
         self.application = application
-        self.open: Counter[str] = Counter()
+        self.open = ClientSlots()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "websocket":
@@ -167,13 +190,10 @@ class ConnectionCap:
         address = client_address(scope)
         if address is None:
             return await self.application(scope, receive, send)
-        if self.open[address] >= settings.REALTIME_MAX_CONNECTIONS_PER_CLIENT:
+        if not self.open.take(address, settings.REALTIME_MAX_CONNECTIONS_PER_CLIENT):
             logger.info("WebSocket refused: %s holds its connection cap", address)
             return await refuse_handshake(scope, receive, send)
-        self.open[address] += 1
         try:
             return await self.application(scope, receive, send)
         finally:
-            self.open[address] -= 1
-            if self.open[address] <= 0:
-                del self.open[address]
+            self.open.release(address)

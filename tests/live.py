@@ -19,8 +19,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connection
 
 from payments.gateways.simulated import SimulatedGateway
 
@@ -220,11 +223,8 @@ class LiveStack:
     one, and ``history`` keeps every process started, for reports.
     """
 
-    def __init__(self, *, port: int, env: dict[str, str], name: str = "") -> None:
+    def __init__(self, *, port: int, env: dict[str, str]) -> None:
         self.port = port
-        # Told apart in process names and worker ids when stacks run side by
-        # side: worker ids must be unique across the pool (django-tasks-db).
-        self.name = name
         self.env = env
         # Seconds between the worker's polls when no wake-up comes.
         self.worker_interval = "0.05"
@@ -237,6 +237,13 @@ class LiveStack:
         self.web: LiveProcess | None = None
         self.worker: LiveProcess | None = None
         self.extra_workers: list[LiveProcess] = []
+        # Process names are worker ids, and a worker's heartbeat is keyed
+        # by its id in the shared database: a stack opened beside another
+        # names its processes apart, or its worker takes the other's lease.
+        self.tag = f"@{port}" if LiveStack._open else ""
+        LiveStack._open.add(port)
+
+    _open: ClassVar[set[int]] = set()
 
     @property
     def processes(self) -> tuple[LiveProcess, ...]:
@@ -248,8 +255,8 @@ class LiveStack:
         count = self._started[role]
         return (
             {"web": "daphne", "worker": "db_worker"}[role]
-            + (f"-{self.name}" if self.name else "")
             + (f"-{count}" if count > 1 else "")
+            + self.tag
         )
 
     # Web --------------------------------------------------------------------
@@ -357,6 +364,7 @@ class LiveStack:
 
     def close(self) -> None:
         """Stop whatever still runs, keeping every process's output."""
+        LiveStack._open.discard(self.port)
         errors = []
         for process in reversed(self.history):
             try:
@@ -378,14 +386,12 @@ def live_stack(
     channels_prefix: str,
     worker_interval: str = "0.05",
     worker: bool = True,
-    name: str = "",
     **extra_env: str,
 ) -> Iterator[LiveStack]:
     """Run daphne (config.asgi) and db_worker until the block ends.
 
     With ``worker=False`` only the web process runs (tests of the server's
-    own edges, which never reach a job). Stacks running side by side need
-    distinct ``name``s.
+    own edges, which never reach a job).
     """
     env = process_env(
         DJANGO_SETTINGS_MODULE="config.settings.test",
@@ -395,7 +401,7 @@ def live_stack(
         PYTHONUNBUFFERED="1",
         **extra_env,
     )
-    stack = LiveStack(port=free_port(), env=env, name=name)
+    stack = LiveStack(port=free_port(), env=env)
     stack.worker_interval = worker_interval
     try:
         stack.start_web(wait=False)
@@ -405,6 +411,35 @@ def live_stack(
         yield stack
     finally:
         stack.close()
+
+
+@contextmanager
+def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
+    """Run web and worker processes on the test database; check how they ended.
+
+    The test database and REDIS_URL of this pytest process, the channel
+    layer under ``channels_prefix`` (the isolated_channel_layer fixture).
+    """
+    with live_stack(
+        database_url=database_url(connection.settings_dict),
+        redis_url=settings.REDIS_URL,
+        channels_prefix=channels_prefix,
+        **options,
+    ) as stack:
+        yield stack
+        # Checked before stopping: a process that died during the test is a bug.
+        crashed = [p for p in stack.processes if p.returncode is not None]
+    for process in stack.processes:
+        # Shown by pytest only when the test fails.
+        print(process.report())
+    assert all(p.returncode is not None for p in stack.processes), "not stopped"
+    assert not any(p.killed for p in stack.processes), "ignored SIGTERM"
+    assert not crashed, "exited during the test: " + ", ".join(
+        f"{p.name} ({p.returncode})" for p in crashed
+    )
+    # An error the client never saw (a consumer crash after the last frame, a
+    # failed task) still shows in the process's log.
+    assert not [p.name for p in stack.processes if "Traceback" in p.output()]
 
 
 class SlowChargeGateway(SimulatedGateway):

@@ -431,6 +431,13 @@ SOCKETIO_MAX_PAYLOAD = env.int("SOCKETIO_MAX_PAYLOAD", default=16384)
 # Whether polling answers a cross-origin request with credentials allowed
 # (Access-Control-Allow-Credentials), for a client using withCredentials.
 SOCKETIO_CORS_CREDENTIALS = env.bool("SOCKETIO_CORS_CREDENTIALS", default=False)
+# Socket.IO sessions opened by polling per client address per web process
+# (the process that opened one holds it until it ends); a handshake past it
+# is answered 429. Sessions opened on a WebSocket count against
+# REALTIME_MAX_CONNECTIONS_PER_CLIENT instead.
+SOCKETIO_MAX_SESSIONS_PER_CLIENT = env.int(
+    "SOCKETIO_MAX_SESSIONS_PER_CLIENT", default=50
+)
 # Redis connections per web process for sessions: each pending GET and each
 # upgraded WebSocket holds one while it waits.
 SOCKETIO_MAX_REDIS_CONNECTIONS = env.int("SOCKETIO_MAX_REDIS_CONNECTIONS", default=1000)

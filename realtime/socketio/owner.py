@@ -92,11 +92,15 @@ class SessionOwner:
             with contextlib.suppress(Exception):
                 await self.layer.group_discard(group, self.channel)
         self.joined.clear()
-        with contextlib.suppress(Exception):
-            if self.store is not None:
-                await self.store.close()
-            if self._on_close is not None:
+        # Before the store: once the client can see the close, what the
+        # session held (its per-client slot) is free; and apart, so Redis
+        # away does not keep it.
+        if self._on_close is not None:
+            with contextlib.suppress(Exception):
                 await self._on_close()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()
         _owners.discard(self)
         # Last, as it may cancel the task running this: a receive cancelled
         # is how the pub/sub layer drops the channel's subscription.

@@ -45,6 +45,11 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+#: Polling sessions each client address opened in this process, held until
+#: the session's owner closes (SOCKETIO_MAX_SESSIONS_PER_CLIENT).
+_sessions = security.ClientSlots()
+
+
 class RequestError(Exception):
     """Answer the request with ``status`` and the API's error shape."""
 
@@ -139,11 +144,31 @@ class PollingConsumer(AsyncHttpConsumer):
             await self.post(store, state, body)
 
     async def open_session(self) -> None:
+        address = security.client_address(self.scope)
+        limit = settings.SOCKETIO_MAX_SESSIONS_PER_CLIENT
+        if address is not None and not _sessions.take(address, limit):
+            logger.info("socket.io session refused: %s holds its cap", address)
+            raise RequestError(
+                429,
+                "too_many_sessions",
+                f"sid: at most {limit} sessions per client; close one first.",
+            )
+
+        async def release() -> None:
+            if address is not None:
+                _sessions.release(address)
+
         sid = sessions.new_sid()
         store = sessions.SessionStore(sid)
-        session = owner.SessionOwner(sid=sid, user=self.scope.get("user"), store=store)
-        await session.start()
-        await store.create(owner=session.channel)
+        session = owner.SessionOwner(
+            sid=sid, user=self.scope.get("user"), store=store, on_close=release
+        )
+        try:
+            await session.start()
+            await store.create(owner=session.channel)
+        except BaseException:
+            await session.close("handshake failed")
+            raise
         await self.send_packets(
             [
                 packets.open_packet(

@@ -141,6 +141,17 @@ class SessionStore:
     async def release(self, kind: str) -> None:
         await self.redis.delete(self.lock_key(kind))
 
+    async def release_poll(self) -> bool:
+        """Answer a GET waiting on an empty mailbox with a noop; False once over."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(self.state_key)
+            pipe.exists(self.lock_key(GET))
+            pipe.llen(self.box_key)
+            alive, waiting, queued = await pipe.execute()
+        if alive and waiting and not queued:
+            await self.push(packets.NOOP)
+        return bool(alive)
+
     async def push(self, *items: str) -> int:
         """Append encoded packets to the mailbox; return how many it holds."""
         async with self.redis.pipeline(transaction=True) as pipe:

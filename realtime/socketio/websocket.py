@@ -23,6 +23,11 @@ from realtime.socketio import owner, packets, sessions
 logger = logging.getLogger(__name__)
 
 PROBE = "probe"
+#: Seconds between noops answering the client's polls while its upgrade is
+#: pending, and seconds it has to send the upgrade packet after the probe:
+#: engine.io's server's values (100 ms; upgradeTimeout, 10 s).
+FAST_UPGRADE_INTERVAL = 0.1
+UPGRADE_TIMEOUT = 10.0
 
 
 class WebSocketConsumer(AsyncWebsocketConsumer):
@@ -33,6 +38,7 @@ class WebSocketConsumer(AsyncWebsocketConsumer):
     owner_channel = ""
     upgraded = False
     reader: asyncio.Task | None = None
+    releaser: asyncio.Task | None = None
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -101,15 +107,38 @@ class WebSocketConsumer(AsyncWebsocketConsumer):
             )
         elif text_data == packets.PING + PROBE:
             await self.send(text_data=packets.PONG + PROBE)
-            # Release the GET the client holds, on whatever process.
-            await self.store.push(packets.NOOP)
+            if self.releaser is None:
+                self.releaser = asyncio.create_task(self.release_polls())
         elif text_data == packets.UPGRADE:
+            if self.releaser is not None:
+                self.releaser.cancel()
             if not await self.store.mark_upgraded():
                 await self.close()
                 return
             self.upgraded = True
             self.reader = asyncio.create_task(self.read_mailbox())
         # Anything else before the upgrade completes is not for us.
+
+    async def release_polls(self) -> None:
+        """Answer the client's polls with noops, wherever held, until it upgrades.
+
+        The client pauses polling once it reads 3probe, then waits for its
+        pending GET to return. It reads the WebSocket and its polls in
+        whatever order they arrive, so a single noop may answer a GET sent
+        before it paused, leaving the next one to wait for a ping
+        (pingInterval); engine.io's server repeats the noop for this reason.
+        """
+        try:
+            async with asyncio.timeout(UPGRADE_TIMEOUT):
+                await self.store.push(packets.NOOP)
+                while await self.store.release_poll():
+                    await asyncio.sleep(FAST_UPGRADE_INTERVAL)
+        except TimeoutError:
+            logger.debug("socket.io upgrade not completed in %s s", UPGRADE_TIMEOUT)
+        except (RedisError, OSError) as exc:
+            logger.warning("socket.io upgrade: Redis unreachable: %r", exc)
+        # The session is over or the client never sent "5": no upgrade.
+        await self.close()
 
     async def read_mailbox(self) -> None:
         try:
@@ -131,8 +160,9 @@ class WebSocketConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.close("websocket closed")
-        if self.reader is not None:
-            self.reader.cancel()
+        for task in (self.reader, self.releaser):
+            if task is not None:
+                task.cancel()
         if self.upgraded:
             # The client left: its session ends with its transport.
             with contextlib.suppress(Exception):
