@@ -556,31 +556,3 @@ def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:
         client.rpush(gate, *[b"open"] * charges)
     finally:
         client.close()
-
-
-@contextmanager
-def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
-    """Run web and worker processes on the test database; check how they ended."""
-    from django.conf import settings
-    from django.db import connection
-
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=channels_prefix,
-        **options,
-    ) as stack:
-        yield stack
-        # Checked before stopping: a process that died during the test is a bug.
-        crashed = [p for p in stack.processes if p.returncode is not None]
-    for process in stack.processes:
-        # Shown by pytest only when the test fails.
-        print(process.report())
-    assert all(p.returncode is not None for p in stack.processes), "not stopped"
-    assert not any(p.killed for p in stack.processes), "ignored SIGTERM"
-    assert not crashed, "exited during the test: " + ", ".join(
-        f"{p.name} ({p.returncode})" for p in crashed
-    )
-    # An error the client never saw (a consumer crash after the last frame, a
-    # failed task) still shows in the process's log.
-    assert not [p.name for p in stack.processes if "Traceback" in p.output()]
