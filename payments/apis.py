@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments import idempotency, openapi, selectors, services
-from payments.filters import datetime_in_utc_range
+from payments.filters import datetime_in_utc
 from payments.models import Payment
 from payments.serializers import (
     AuthTokenInputSerializer,
@@ -129,8 +129,10 @@ class PaymentPagination(CursorPagination):
             # The position is compared with created_at: it must be a datetime.
             if cursor is not None and cursor.position is not None:
                 position = parse_datetime(cursor.position)
-                if position is None or not datetime_in_utc_range(position):
+                in_utc = None if position is None else datetime_in_utc(position)
+                if in_utc is None:
                     raise ValueError(cursor.position)
+                cursor = cursor._replace(position=in_utc.isoformat())
         except (NotFound, ValueError):
             raise ValidationError(
                 {self.cursor_query_param: [self.invalid_cursor_message]}

@@ -12,18 +12,18 @@ from django_filters.fields import IsoDateTimeField
 from payments.models import Payment, PaymentStatus
 
 
-def datetime_in_utc_range(value: datetime.datetime) -> bool:
-    """Tell whether ``value`` is still a datetime once converted to UTC.
+def datetime_in_utc(value: datetime.datetime) -> datetime.datetime | None:
+    """Return ``value`` in UTC, or None when UTC cannot hold it.
 
     ISO 8601 admits 9999-12-31T23:59-14:00, which is past datetime.max in
-    UTC; comparing created_at with it overflows (a 500) on the way to the
-    database.
+    UTC (comparing created_at with it overflows, a 500), and offsets up to
+    ±23:59, which PostgreSQL refuses beyond ±15:59 (a 500 too): the database
+    is only ever given UTC.
     """
     try:
-        value.astimezone(datetime.UTC)
+        return value.astimezone(datetime.UTC)
     except OverflowError:
-        return False
-    return True
+        return None
 
 
 class UtcIsoDateTimeField(IsoDateTimeField):
@@ -31,9 +31,12 @@ class UtcIsoDateTimeField(IsoDateTimeField):
 
     def to_python(self, value: Any) -> datetime.datetime | None:
         result = super().to_python(value)
-        if result is not None and not datetime_in_utc_range(result):
+        if result is None:
+            return None
+        in_utc = datetime_in_utc(result)
+        if in_utc is None:
             raise ValidationError("Out of range.", code="invalid")
-        return result
+        return in_utc
 
 
 class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):

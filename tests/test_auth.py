@@ -25,9 +25,11 @@ import secrets
 import subprocess
 import sys
 import uuid
+from base64 import b64encode
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -305,6 +307,11 @@ def test_list_filters_by_status_and_date(make_user) -> None:
     }
     # A blank filter is no filter.
     assert len(ids(created_after="", page_size="")) == 3
+    # Offsets ISO 8601 allows and PostgreSQL refuses (beyond ±15:59) are
+    # compared in UTC, in a filter as in a cursor's position.
+    assert ids(created_before="2020-01-02T20:00:00+22:00") == {str(old.id)}
+    position = urlencode({"p": "2020-01-02T20:00:00+22:00"})
+    assert ids(cursor=b64encode(position.encode()).decode()) == {str(old.id)}
 
 
 # Authorisation over REST ----------------------------------------------------------
