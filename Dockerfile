@@ -18,4 +18,5 @@ RUN useradd --create-home app
 USER app
 EXPOSE 8000
 # daphne with a graceful stop: SIGTERM closes WebSockets with 1001.
-CMD ["python", "-m", "realtime.server", "-b", "0.0.0.0", "-p", "8000", "config.asgi:application"]
+CMD ["python", "-m", "realtime.server", "-b", "0.0.0.0", "-p", "8000",
+     "--ping-interval", "45", "--ping-timeout", "60", "config.asgi:application"]

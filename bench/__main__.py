@@ -2,7 +2,8 @@
 
 Each benchmark runs ``--runs`` times (3 by default, 1 with --quick; soak and
 profile once) against fresh processes; its JSON (every run, plus median, min
-and max of every figure) goes to bench/results/NAME.json, charts to
+and max of every figure) goes to bench/results/NAME.json (not committed), its
+headline table to bench/results/NAME.md (committed), charts to
 bench/results/*.png, and a summary against the issue's targets is printed.
 """
 
@@ -218,6 +219,12 @@ def main(argv: list[str]) -> int:
                             },
                             indent=1,
                         )
+                    )
+                    # The small, committed summary BENCHMARKS.md is made from;
+                    # the raw runs above stay out of git (bench/results/.gitignore).
+                    summary = args.out / f"{name}{suffix}.md"
+                    summary.write_text(
+                        report.render(args.out, only=[name], suffix=suffix) + "\n"
                     )
     except KeyboardInterrupt:
         print("\ninterrupted: everything started was stopped", file=sys.stderr)

@@ -30,6 +30,8 @@ from typing import Any
 import psutil
 import redis
 
+from realtime.server import WEB_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -369,9 +371,12 @@ class Stack:
 
     def web_args(self) -> list[str]:
         if self.config.server == "daphne":
-            # realtime.server: daphne with the product's graceful stop; its
-            # defaults (ping every 45 s, 60 s timeout, 4 KiB frames) apply.
-            return [PY, "-m", "realtime.server", "-b", HOST, "-p", str(self.port)]
+            # realtime.server: daphne with the product's graceful stop and
+            # flags (ping every 45 s, 60 s timeout); 4 KiB frames by default.
+            return [
+                *[PY, "-m", "realtime.server", "-b", HOST, "-p", str(self.port)],
+                *WEB_FLAGS,
+            ]
         if self.config.server == "uvicorn":
             # uvicorn as deployed ("standard" extras: uvloop, httptools), with
             # the product's WebSocket limits and daphne's ping timings.

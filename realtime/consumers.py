@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -13,9 +12,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from realtime import groups
-from realtime.ratelimit import TokenBucket
-from realtime.subscriptions import PaymentSubscriptions, SubscriptionRefusedError
+from realtime import frames, groups
+from realtime.frames import FrameError
+from realtime.ratelimit import FrameRateLimit, Verdict
+from realtime.subscriptions import PaymentSubscriptions
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +73,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         self.socket_id = groups.new_socket_id()
         self.joined: set[str] = set()
         self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
-        # Bursts big enough for a reconnecting client to subscribe again to
-        # every payment it may follow at once.
-        self.bucket = TokenBucket(
-            rate=settings.REALTIME_RATE_LIMIT,
-            burst=max(
-                2 * settings.REALTIME_RATE_LIMIT, settings.REALTIME_MAX_SUBSCRIPTIONS
-            ),
-        )
-        # Frames refused by the rate limit since the client last calmed down
-        # (let the bucket fill); a burst's worth of them closes.
-        self.refused = 0
+        self.rate_limit = FrameRateLimit.from_settings()
         await self._join(groups.socket_group(self.socket_id))
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
@@ -137,68 +127,40 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             # this covers other servers.
             await self.close(code=MESSAGE_TOO_BIG)
             return
-        if not self.bucket.take():
-            self.refused += 1
-            if self.refused == 1:
-                await self.send_error(
-                    "rate_limited",
-                    f"frame: at most {settings.REALTIME_RATE_LIMIT:g} frames a "
-                    "second; slow down or the socket is closed.",
-                )
-            elif self.refused >= 2 * settings.REALTIME_RATE_LIMIT:
-                logger.warning("closing a socket that kept flooding (1008)")
-                await self.close(code=POLICY_VIOLATION)
-            return
-        if self.bucket.tokens >= self.bucket.burst - 1:
-            # The bucket was full: the client calmed down, the count starts
-            # over. Not on any frame let through, or a flood that waits for
-            # each refilled token (every 1/rate s) would never be closed.
-            self.refused = 0
-        if text_data is None:
+        verdict = self.rate_limit.check()
+        if verdict is Verdict.WARN:
             await self.send_error(
-                "binary_not_supported", "frame: send JSON text frames."
+                "rate_limited",
+                f"frame: at most {settings.REALTIME_RATE_LIMIT:g} frames a "
+                "second; slow down or the socket is closed.",
             )
-            return
-        try:
-            content = json.loads(text_data)
-        except (ValueError, RecursionError):
-            await self.send_error("invalid_json", "frame: not valid JSON.")
-            return
-        if not isinstance(content, dict):
-            await self.send_error("invalid_frame", "frame: must be a JSON object.")
-            return
-        await self.receive_json(content)
+        elif verdict is Verdict.CLOSE:
+            logger.warning("closing a socket that kept flooding (1008)")
+            await self.close(code=POLICY_VIOLATION)
+        if verdict is Verdict.ALLOW:
+            await self.receive_json(text_data if text_data is not None else bytes_data)
 
-    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
-        action = content.get("action")
-        if action == "ping":
-            await self.send_json({"event": "pong"})
-        elif action == "subscribe":
-            await self.subscribe(content)
-        elif action == "unsubscribe":
-            await self.unsubscribe(content)
-        else:
-            await self.send_error(
-                "unknown_action",
-                "action: must be one of subscribe, unsubscribe, ping.",
-            )
+    async def receive_json(self, content: str | bytes, **kwargs: Any) -> None:
+        """Answer one client frame; every refusal is a FrameError, sent here."""
+        try:
+            frame = frames.parse(content)
+            action = frame["action"]
+            if action == "ping":
+                await self.send_json({"event": "pong"})
+            elif action == "subscribe":
+                await self.subscribe(frame)
+            else:
+                await self.unsubscribe(frame)
+        except FrameError as error:
+            await self.send_error(error.code, error.message)
 
     async def subscribe(self, content: dict[str, Any]) -> None:
-        try:
-            snapshot = await self.subscriptions.subscribe(
-                content, self.scope.get("user")
-            )
-        except SubscriptionRefusedError as refused:
-            await self.send_error(refused.code, refused.message)
-            return
+        snapshot = await self.subscriptions.subscribe(content, self.scope.get("user"))
         if snapshot is not None:
             await self._send_status(snapshot)
 
     async def unsubscribe(self, content: dict[str, Any]) -> None:
-        try:
-            await self.subscriptions.unsubscribe(content)
-        except SubscriptionRefusedError as refused:
-            await self.send_error(refused.code, refused.message)
+        await self.subscriptions.unsubscribe(content)
 
     # Channel-layer handlers ---------------------------------------------------
 

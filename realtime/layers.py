@@ -25,9 +25,8 @@ from channels_redis.pubsub import (
 )
 from channels_redis.pubsub import RedisSingleShardConnection
 from channels_redis.utils import _consistent_hash, decode_hosts
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -35,40 +34,45 @@ logger = logging.getLogger(__name__)
 LOST_MESSAGE_TYPE = "layer.lost"
 
 
-class _LossReportingShard(RedisSingleShardConnection):
-    """channels-redis's shard, with its receive loop telling sockets of a loss."""
+class _LossReportingPubSub(PubSub):
+    """redis-py's PubSub, telling the shard's sockets when a read fails.
 
-    async def _do_receiving(self) -> None:
-        # channels-redis 4.3's loop, with the connection error handled: the
-        # original logs a traceback a second and carries on as if nothing
-        # was missed. redis-py reconnects and subscribes again on the next
-        # read.
-        while True:
-            try:
-                if self._pubsub and self._pubsub.subscribed:
-                    message = await self._pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=0.1
-                    )
-                    self._receive_message(message)
-                else:
-                    await asyncio.sleep(0.1)
-            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
-                raise
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                told = self._report_loss()
-                logger.warning(
-                    "channel layer subscription lost, %d sockets told: %r", told, exc
-                )
-                await asyncio.sleep(1)
-            except Exception:
-                # Whatever it was, frames may have been missed: tell them too.
-                told = self._report_loss()
-                logger.exception(
-                    "unexpected error in the channel layer's receive loop, "
-                    "%d sockets told",
-                    told,
-                )
-                await asyncio.sleep(1)
+    channels-redis 4.3's receive loop (``_do_receiving``) catches every error
+    itself, logs a traceback a second and carries on as if nothing was
+    missed: django/channels_redis#256 ("PubSub Architecture", open), and the
+    layer's ``on_disconnect`` option is accepted but no longer called since
+    the move to redis-py. The read is the one place a loss shows, so it is
+    hooked here and upstream's loop is kept. redis-py reconnects and
+    subscribes again on the next read.
+    """
+
+    def __init__(self, shard: _LossReportingShard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    async def get_message(self, *args: Any, **kwargs: Any) -> dict | None:
+        try:
+            return await super().get_message(*args, **kwargs)
+        except TimeoutError:
+            raise  # upstream's loop re-raises it; keep its behaviour
+        except Exception as exc:
+            told = self.shard.report_loss()
+            logger.warning(
+                "channel layer subscription lost, %d sockets told: %r", told, exc
+            )
+            await asyncio.sleep(1)  # upstream's back-off after an error
+            return None
+
+
+class _LossReportingShard(RedisSingleShardConnection):
+    """channels-redis's shard, reading through ``_LossReportingPubSub``."""
+
+    def _ensure_redis(self) -> None:
+        if self._redis is None:
+            super()._ensure_redis()
+            self._pubsub = _LossReportingPubSub(
+                self, connection_pool=self._redis.connection_pool
+            )
 
     async def subscribe(self, channel: str) -> None:
         try:
@@ -92,7 +96,7 @@ class _LossReportingShard(RedisSingleShardConnection):
                 self._pubsub.channels.pop(channel.encode(), None)
                 self._pubsub.channels.pop(channel, None)
 
-    def _report_loss(self) -> int:
+    def report_loss(self) -> int:
         loop_layer: Any = self.channel_layer
         lost = loop_layer.channel_layer.serialize({"type": LOST_MESSAGE_TYPE})
         queues = list(loop_layer.channels.values())

@@ -1,26 +1,61 @@
-"""A token bucket for one socket's client frames."""
+"""One socket's client-frame rate limit, for both protocols.
+
+A token bucket, plus the count of frames refused since the client last
+calmed down: the first refusal is answered (``WARN``), a burst's worth more
+closes the socket (``CLOSE``). The JSON consumer and the Socket.IO session
+act on the verdict; the rule lives here once.
+"""
 
 from __future__ import annotations
 
+import enum
 import time
 
+from django.conf import settings
 
-class TokenBucket:
-    """Allow ``rate`` events a second on average, bursts of up to ``burst``."""
 
-    __slots__ = ("burst", "rate", "tokens", "updated")
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    WARN = "warn"  # the first refusal: tell the client once
+    REFUSE = "refuse"  # refused quietly
+    CLOSE = "close"  # kept flooding
+
+
+class FrameRateLimit:
+    """Allow ``rate`` frames a second on average, bursts of up to ``burst``."""
+
+    __slots__ = ("burst", "rate", "refused", "tokens", "updated")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = burst
         self.updated = time.monotonic()
+        self.refused = 0
 
-    def take(self) -> bool:
+    @classmethod
+    def from_settings(cls) -> FrameRateLimit:
+        # Bursts big enough for a reconnecting client to subscribe again to
+        # every payment it may follow at once.
+        rate = settings.REALTIME_RATE_LIMIT
+        return cls(rate=rate, burst=max(2 * rate, settings.REALTIME_MAX_SUBSCRIPTIONS))
+
+    def check(self) -> Verdict:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1
-            return True
-        return False
+            if self.tokens >= self.burst - 1:
+                # The bucket was full: the client calmed down, the count
+                # starts over. Not on any frame let through, or a flood that
+                # waits for each refilled token (every 1/rate s) would never
+                # be closed.
+                self.refused = 0
+            return Verdict.ALLOW
+        self.refused += 1
+        if self.refused == 1:
+            return Verdict.WARN
+        if self.refused >= 2 * self.rate:
+            return Verdict.CLOSE
+        return Verdict.REFUSE

@@ -7,7 +7,6 @@
 - The largest client message defaults to REALTIME_MAX_FRAME_BYTES (daphne's
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
-- Keepalive pings every 45 s (daphne: 20 s), closing after 60 s unanswered.
 - The access log shows ``client_secret=[redacted]`` (however the name is
   spelled): daphne logs each request's query string, and the polling
   fallback carries the secret there.
@@ -15,9 +14,11 @@
   is read, a deadline for the request head, no client-set root path, and
   JSON errors.
 
-Run it exactly like daphne:
+Run it exactly like daphne, with daphne's own flags for the keepalive
+(``WEB_FLAGS``: pings every 45 s, closing after 60 s unanswered):
 
-    python -m realtime.server -b 0.0.0.0 -p 8000 config.asgi:application
+    python -m realtime.server -b 0.0.0.0 -p 8000 \\
+        --ping-interval 45 --ping-timeout 60 config.asgi:application
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ GOING_AWAY = 1001
 # the library allows applications.
 SERVER_CLOSE_CODES = frozenset({1001, 1008, 1009, 1011})
 CLOSE_TIMEOUT = 5.0
-PING_INTERVAL = 45
-PING_TIMEOUT = 60
+#: daphne's own flags, as every launcher (scripts/run, tests, bench, Docker)
+#: passes them. Pings every 45 s, not daphne's 20: a third of an idle
+#: server's CPU at 10,000 sockets went to them (BENCHMARKS.md), and 45 s
+#: still keeps a socket alive behind proxies that drop a connection idle for
+#: 60 s (nginx's and AWS ALB's defaults).
+WEB_FLAGS = ("--ping-interval", "45", "--ping-timeout", "60")
 #: A query parameter whose name, reduced to its letters, contains this never
 #: has its value logged.
 REDACTED_NAME_PART = "secret"
@@ -161,16 +166,10 @@ class GracefulCommandLineInterface(CommandLineInterface):
 
     def __init__(self) -> None:
         super().__init__()
-        # None means "from settings" (GracefulServer); the flag still wins.
-        # Pings every 45 s, not daphne's 20: a third of an idle server's CPU
-        # at 10,000 sockets went to them (BENCHMARKS.md), and 45 s still
-        # keeps a socket alive behind proxies that drop a connection idle
-        # for 60 s (nginx's and AWS ALB's defaults).
-        self.parser.set_defaults(
-            websocket_max_message_size=None,
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-        )
+        # None means "from settings" (GracefulServer): daphne's flag cannot
+        # read REALTIME_MAX_FRAME_BYTES, which the consumer checks too, so
+        # one setting sets both; the flag still wins.
+        self.parser.set_defaults(websocket_max_message_size=None)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from payments import selectors
 from realtime import groups
+from realtime.frames import FrameError
 
 
 @database_sync_to_async
@@ -39,13 +40,8 @@ def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | 
 MAX_TRACKED_VERSIONS = 10_000
 
 
-class SubscriptionRefusedError(Exception):
+class SubscriptionRefusedError(FrameError):
     """A subscribe or unsubscribe refused: ``code`` and a message naming the field."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 NOT_FOUND = (

@@ -16,11 +16,14 @@ from pathlib import Path
 
 from embedded import redis_url
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from realtime.server import WEB_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
-ASGI_APP = "config.asgi:application"
+APP = "config.asgi:application"
 
 ENSURE_ADMIN = """
 from django.contrib.auth import get_user_model
@@ -73,8 +76,9 @@ def main() -> int:
                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
             )
 
+        web = [PY, "-m", "realtime.server", *WEB_FLAGS, "-b", HOST, "-p", PORT, APP]
         processes = [
-            child([PY, "-m", "realtime.server", "-b", HOST, "-p", PORT, ASGI_APP]),
+            child(web),
             child([PY, "manage.py", "db_worker", "--no-reload"]),
         ]
         base = f"http://{HOST}:{PORT}"

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import connection
 
 from payments.gateways.simulated import SimulatedGateway
+from realtime.server import WEB_FLAGS
 
 if TYPE_CHECKING:
     from payments.gateways import GatewayResult
@@ -274,6 +275,7 @@ class LiveStack:
                 HOST,
                 "-p",
                 str(self.port),
+                *WEB_FLAGS,
                 "config.asgi:application",
             ],
             self.env,

@@ -1,11 +1,11 @@
-"""realtime.server's command line: daphne's, with the product's defaults."""
+"""realtime.server's command line: daphne's, with daphne's own flags."""
 
 from __future__ import annotations
 
 import pytest
 
 from realtime.http_edge import body_limit
-from realtime.server import GracefulCommandLineInterface, redact_query
+from realtime.server import WEB_FLAGS, GracefulCommandLineInterface, redact_query
 
 APP = "config.asgi:application"
 
@@ -14,11 +14,18 @@ def parse(*flags: str):
     return GracefulCommandLineInterface().parser.parse_args([*flags, APP])
 
 
-def test_defaults_ping_every_45_s_and_size_from_settings() -> None:
-    args = parse()
+def test_launch_flags_ping_every_45_s_and_size_comes_from_settings() -> None:
+    args = parse(*WEB_FLAGS)
 
     assert (args.ping_interval, args.ping_timeout) == (45, 60)
     assert args.websocket_max_message_size is None  # REALTIME_MAX_FRAME_BYTES
+
+
+def test_without_flags_the_keepalive_is_daphnes() -> None:
+    """The product sets no ping default of its own: the flags say it."""
+    args = parse()
+
+    assert (args.ping_interval, args.ping_timeout) == (20, 30)
 
 
 def test_flags_still_win() -> None:

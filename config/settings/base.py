@@ -394,7 +394,7 @@ LOGGING = {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
     },
     "filters": {
-        "dropped_messages": {"()": "realtime.logfilters.DroppedMessageCounter"},
+        "dropped_messages": {"()": "realtime.dropped_messages.DroppedMessageCounter"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "plain"},

@@ -25,7 +25,7 @@ from django.conf import settings
 
 from realtime import groups, notify
 from realtime.layers import LOST_MESSAGE_TYPE
-from realtime.ratelimit import TokenBucket
+from realtime.ratelimit import FrameRateLimit, Verdict
 from realtime.socketio import packets
 from realtime.socketio.packets import PacketError
 from realtime.socketio.sessions import MAILBOX_CAPACITY, SessionStore
@@ -64,11 +64,7 @@ class SessionOwner:
         self.namespace_sid: str | None = None
         self.joined: set[str] = set()
         self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
-        rate = settings.REALTIME_RATE_LIMIT
-        self.bucket = TokenBucket(
-            rate=rate, burst=max(2 * rate, settings.REALTIME_MAX_SUBSCRIPTIONS)
-        )
-        self.refused = 0
+        self.rate_limit = FrameRateLimit.from_settings()
         self.pong = asyncio.Event()
         self.closed = False
         self._tasks: list[asyncio.Task] = []
@@ -189,21 +185,17 @@ class SessionOwner:
             # Pings, upgrades and noops from the client need no answer here.
 
     async def _allowed(self) -> bool:
-        # realtime.ratelimit's bucket, as the JSON consumer uses it.
-        if not self.bucket.take():
-            self.refused += 1
-            if self.refused == 1:
-                await self.emit_error(
-                    "rate_limited",
-                    f"packet: at most {settings.REALTIME_RATE_LIMIT:g} packets a "
-                    "second; slow down or the session is closed.",
-                )
-            elif self.refused >= 2 * settings.REALTIME_RATE_LIMIT:
-                await self.close("flooding")
-            return False
-        if self.bucket.tokens >= self.bucket.burst - 1:
-            self.refused = 0
-        return True
+        # realtime.ratelimit's verdict, as the JSON consumer acts on it.
+        verdict = self.rate_limit.check()
+        if verdict is Verdict.WARN:
+            await self.emit_error(
+                "rate_limited",
+                f"packet: at most {settings.REALTIME_RATE_LIMIT:g} packets a "
+                "second; slow down or the session is closed.",
+            )
+        elif verdict is Verdict.CLOSE:
+            await self.close("flooding")
+        return verdict is Verdict.ALLOW
 
     async def _handle_socket(self, data: str) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Make channels-redis's dropped messages visible."""
+"""Count channels-redis's dropped group messages (a logging filter), and warn."""
 
 from __future__ import annotations
 
