@@ -707,7 +707,7 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
         (t.status, t.exception_class_path, t.worker_ids) for t in tasks_of(ids)
     )
     assert jobs == [
-        ("FAILED", "payments.recovery.AbandonedTaskError", ["db_worker"]),
+        ("FAILED", "payments.worker.recovery.AbandonedTaskError", ["db_worker"]),
         ("SUCCESSFUL", "", ["db_worker-2"]),
     ], jobs
     assert_settled_once([payment], ["pm_card_visa"])

@@ -13,10 +13,10 @@ from django.core.management.base import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
-from payments import outbox
-from payments.heartbeat import heartbeat_running
-from payments.recovery import recovery_running, tasks_release_held_by
-from payments.worker import WakeableWorker
+from payments.worker import mark_writer
+from payments.worker.heartbeat import heartbeat_running
+from payments.worker.recovery import recovery_running, tasks_release_held_by
+from payments.worker.worker import WakeableWorker
 
 
 class Command(DBWorkerCommand):
@@ -35,7 +35,7 @@ class Command(DBWorkerCommand):
         with (
             heartbeat_running(worker_id),
             recovery_running(),
-            outbox.marks_batched(),
+            mark_writer.marks_batched(),
         ):
             if options["batch"]:
                 # Runs what is queued and exits: nothing to wait for.
