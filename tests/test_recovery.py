@@ -440,6 +440,28 @@ def test_worker_without_a_heartbeat_keeps_the_started_at_rule(
 
 
 @pytest.mark.django_db
+def test_a_lease_is_claimed_new_or_lapsed_never_from_a_live_worker(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    assert heartbeat.heartbeat_claim(worker_id="w") is True
+    assert heartbeat.heartbeat_claim(worker_id="w") is False  # live: its own beat
+    beat("w", ago=60)
+    assert heartbeat.heartbeat_claim(worker_id="w") is True
+    lease = WorkerHeartbeat.objects.get(worker_id="w")
+    assert lease.beat_at > timezone.now() - timedelta(seconds=5)
+
+
+@pytest.mark.django_db
+def test_claiming_a_live_lease_gives_up_after_waiting_out_a_dead_ones(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 0.3
+    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.05
+    # A live worker keeps its lease current through the whole wait.
+    beat("w", ago=-60)
+    assert heartbeat.heartbeat_claim_waiting(worker_id="w") is False
+    beat("w", ago=0)  # a dead process's fresh lease: waited out, then taken
+    assert heartbeat.heartbeat_claim_waiting(worker_id="w") is True
+
+
+@pytest.mark.django_db
 def test_worker_starting_under_a_reused_id_releases_what_that_id_left():
     beat("web-1", ago=0)  # its previous process beat until a moment ago
     mine = job_for(

@@ -14,7 +14,7 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from payments.worker import mark_writer
-from payments.worker.heartbeat import heartbeat_running
+from payments.worker.heartbeat import heartbeat_claim_waiting, heartbeat_running
 from payments.worker.recovery import recovery_running, tasks_release_held_by
 from payments.worker.worker import WakeableWorker
 
@@ -29,8 +29,13 @@ class Command(DBWorkerCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         worker_id = options["worker_id"]
-        # Before the lease is renewed under this id: what a previous process
-        # of the same id left RUNNING is nobody's now.
+        if not heartbeat_claim_waiting(worker_id=worker_id):
+            raise CommandError(
+                f"--worker-id {worker_id}: a live worker holds this id's lease; "
+                "give each worker its own id."
+            )
+        # The lease is ours: what a previous process of the same id left
+        # RUNNING is nobody's now.
         tasks_release_held_by(worker_id)
         with (
             heartbeat_running(worker_id),
