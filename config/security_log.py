@@ -9,19 +9,26 @@ client can send such requests at will, filling the log with them.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 SECURITY_LOGGER = "django.security"
 
 
 class WithoutTraceback(logging.Filter):
-    """Drop the traceback of ``django.security`` records; keep the record."""
+    """Give the handler ``django.security`` records without their traceback.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == SECURITY_LOGGER or record.name.startswith(
+    A copy (a filter may return the record to use, Python 3.12): other
+    handlers of the same record (an error tracker) still get the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool | logging.LogRecord:
+        if record.name != SECURITY_LOGGER and not record.name.startswith(
             SECURITY_LOGGER + "."
         ):
-            record.exc_info = None
-            record.exc_text = None
-            record.stack_info = None
-        return True
+            return True
+        plain = copy.copy(record)
+        plain.exc_info = None
+        plain.exc_text = None
+        plain.stack_info = None
+        return plain
