@@ -6,8 +6,12 @@ they:
 - read a request body whole before the application sees any of it (into
   memory below 100 kB, a temporary file above), so a 1 GB POST costs 1 GB
   before Django can refuse it;
-- reset their only timer (60 s idle) on every byte, so a head trickled a byte
-  at a time holds its connection for ever (slowloris);
+- reset their only timer (60 s idle) on every byte, so a head or a body
+  trickled a byte at a time holds its connection for ever (slowloris);
+- parse a POST's multipart/form-data or urlencoded body themselves
+  (``Request.requestReceived``) into ``request.args``, which daphne never
+  reads: a second parse of up to the whole body, before Django's own, and a
+  body it cannot parse is refused there, never reaching Django;
 - answer errors with an HTML page (daphne) or a bare status line (twisted);
 - pass a chunked body on without a Content-Length, which Django reads as
   empty;
@@ -16,7 +20,8 @@ they:
 
 Here a declared body over the path's limit (``WEB_MAX_BODY_BYTES``) is
 refused after the head, before a byte of it is read; a chunked one as soon as
-it passes the limit; a head must arrive whole within ``WEB_HEAD_TIMEOUT``;
+it passes the limit; a head must arrive whole within ``WEB_HEAD_TIMEOUT``, a
+body within ``WEB_BODY_TIMEOUT`` of its head; form bodies are left to Django;
 ``Daphne-Root-Path`` is dropped unless ``WEB_TRUST_ROOT_PATH_HEADER``; and
 every error the server answers itself is the API's JSON error shape.
 """
@@ -94,6 +99,7 @@ class LimitedHTTPChannel(http.HTTPChannel):
     refused = False
     _lost = False
     _head_timer: Any = None
+    _body_timer: Any = None
     _linger_timer: Any = None
 
     # Head deadline -----------------------------------------------------------
@@ -133,7 +139,7 @@ class LimitedHTTPChannel(http.HTTPChannel):
             # An idle keep-alive connection: there is no request to answer.
             self.loseConnection()
 
-    # Body limit --------------------------------------------------------------
+    # Body limit and deadline -------------------------------------------------
 
     def allHeadersReceived(self) -> None:  # noqa: N802
         self._cancel_head_timer()
@@ -142,7 +148,26 @@ class LimitedHTTPChannel(http.HTTPChannel):
             self.refuse_too_large(limit)
             return
         self.requests[-1].body_limit = limit
+        # A body follows (declared or chunked): twisted's idle timer would
+        # let it trickle in a byte a minute, so the whole of it has a deadline.
+        if self.length != 0 and settings.WEB_BODY_TIMEOUT:
+            self._body_timer = self.callLater(
+                settings.WEB_BODY_TIMEOUT, self._body_timed_out
+            )
         super().allHeadersReceived()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.cancel()
+        self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        self.refuse(
+            408,
+            "request_timeout",
+            f"body: not received whole within {settings.WEB_BODY_TIMEOUT:g} s.",
+        )
 
     def refuse_too_large(self, limit: int) -> None:
         self.refuse(413, "request_too_large", f"body: larger than {limit} bytes.")
@@ -155,6 +180,7 @@ class LimitedHTTPChannel(http.HTTPChannel):
             return
         self.refused = True
         self._cancel_head_timer()
+        self._cancel_body_timer()
         self._dataBuffer = []
         self.transport.write(error_response(status, code, message))
         self._networkProducer.unregisterProducer()
@@ -194,12 +220,14 @@ class LimitedHTTPChannel(http.HTTPChannel):
             super().rawDataReceived(data)
 
     def allContentReceived(self) -> None:  # noqa: N802
+        self._cancel_body_timer()
         if not self.refused:
             super().allContentReceived()
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802
         self._lost = True
         self._cancel_head_timer()
+        self._cancel_body_timer()
         if self._linger_timer is not None and self._linger_timer.active():
             self._linger_timer.cancel()
         super().connectionLost(reason)
@@ -211,9 +239,15 @@ class LimitedRequest(WebRequest):
     #: Set by the channel from the path once the head is in.
     body_limit: int | None = None
     _body_received = 0
-    # Twisted would also parse form bodies into request.args, which daphne
-    # never reads: a second copy of the body for nothing.
-    _parsePOSTFormSubmission = False  # noqa: N815
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # twisted.web.http.Request.requestReceived would parse a POST's
+        # multipart/form-data (the email package, the whole body at once) or
+        # urlencoded body into request.args, which daphne never reads, and
+        # refuse one it cannot parse itself. Request.__init__ sets this flag
+        # (True by default), so a class attribute would not hold.
+        self._parsePOSTFormSubmission = False
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         # A chunked body's length is unknown but bounded: a small bound is

@@ -8,13 +8,17 @@ from django.urls import re_path
 from realtime.consumers import PaymentConsumer
 from realtime.security import refuse_handshake
 from realtime.socketio.websocket import WebSocketConsumer as SocketIOWebSocketConsumer
+from realtime.unavailable import RedisUnavailable
 
 SOCKETIO_PATH = "/socket.io/"
 
 websocket_urlpatterns = [
     # Without the slash too, as the REST create routes accept both.
     re_path(r"^ws/payments/?$", PaymentConsumer.as_asgi()),
-    re_path(r"^socket\.io/$", SocketIOWebSocketConsumer.as_asgi()),
+    re_path(
+        r"^socket\.io/$",
+        RedisUnavailable(SocketIOWebSocketConsumer.as_asgi(), name="socket.io"),
+    ),
 ]
 
 

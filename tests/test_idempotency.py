@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import string
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
+from payments import idempotency
 from payments.models import IdempotencyKey, Payment
 from tests.live import LiveStack, database_url, live_stack
 
@@ -114,8 +117,32 @@ def test_malformed_key_is_400_and_writes_nothing(api_client, key):
         "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
         # Long enough, but with characters outside the random alphabet.
         "order 42 of customer 1234567890 at shop",
+        # The right shape, with no chance in it.
+        "a" * 40,
+        "ab" * 20,
+        "0123456789" * 4,
+        "abcdefghijklmnopqrstuvwxyzABCDEF",
+        "order-42-" + "0" * 30,
+        # Version 4 and the RFC variant, but every random bit zero.
+        "00000000-0000-4000-8000-000000000000",
+        "00000000-0000-0000-0000-000000000000",
+        # 38 digits hold 126 bits: fewer than 32 hex characters.
+        "73914562087312946580127364019283746501",
     ],
-    ids=["short-word", "31-chars", "uuid-v1", "sentence"],
+    ids=[
+        "short-word",
+        "31-chars",
+        "uuid-v1",
+        "sentence",
+        "one-symbol",
+        "period-2",
+        "period-10",
+        "run",
+        "zero-padded",
+        "uuid-v4-zero",
+        "uuid-nil",
+        "38-digits",
+    ],
 )
 @pytest.mark.parametrize("url", [CREATE, SEED])
 def test_anonymous_guessable_key_is_400_and_writes_nothing(api_client, url, key):
@@ -134,11 +161,36 @@ def test_anonymous_guessable_key_is_400_and_writes_nothing(api_client, url, key)
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "key",
-    [str(uuid.uuid4()), str(uuid.uuid4()).upper(), uuid.uuid4().hex, OTHER_KEY],
-    ids=["uuid4", "uuid4-upper", "uuid4-hex", "base64url-34"],
+    [
+        str(uuid.uuid4()),
+        str(uuid.uuid4()).upper(),
+        uuid.uuid4().hex,
+        OTHER_KEY,
+        "".join(secrets.choice(string.digits) for _ in range(39)),
+    ],
+    ids=["uuid4", "uuid4-upper", "uuid4-hex", "base64url-34", "39-digits"],
 )
 def test_anonymous_random_key_is_accepted(api_client, key):
     assert post(api_client, CREATE, {"amount": 1000}, key=key).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: str(uuid.uuid4()),
+        lambda: secrets.token_hex(16),
+        lambda: secrets.token_urlsafe(24),
+        lambda: "".join(secrets.choice(string.digits) for _ in range(39)),
+    ],
+    ids=["uuid4", "hex-32", "base64url-32", "digits-39"],
+)
+def test_random_keys_of_the_weakest_accepted_forms_all_pass(make):
+    # The estimate's floor sits far below what random keys score: none of
+    # 20,000 may be refused (a refusal here is a real client's failed payment).
+    keys = [make() for _ in range(20_000)]
+    refused = [key for key in keys if not idempotency._is_unguessable(key)]
+
+    assert refused == []
 
 
 @pytest.mark.django_db
@@ -155,7 +207,8 @@ def test_logged_in_user_may_use_a_short_key(api_client):
 
 @pytest.mark.django_db
 def test_key_of_255_characters_is_accepted(api_client):
-    assert post(api_client, CREATE, {"amount": 1000}, key="k" * 255).status_code == 202
+    key = secrets.token_urlsafe(192)[:255]
+    assert post(api_client, CREATE, {"amount": 1000}, key=key).status_code == 202
 
 
 @pytest.mark.django_db
@@ -258,13 +311,20 @@ def client_at(live: LiveStack, address: str) -> httpx.Client:
 
 
 @pytest.mark.e2e
-def test_a_stranger_cannot_replay_a_guessable_anonymous_key(live: LiveStack) -> None:
+@pytest.mark.parametrize(
+    "key",
+    ["order-42", "a" * 40, "00000000-0000-4000-8000-000000000000"],
+    ids=["short-word", "one-symbol", "uuid-v4-zero"],
+)
+def test_a_stranger_cannot_replay_a_guessable_anonymous_key(
+    live: LiveStack, key: str
+) -> None:
     with client_at(live, "127.0.0.2") as owner, client_at(live, "127.0.0.3") as other:
         first = owner.post(
-            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": "order-42"}
+            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": key}
         )
         stranger = other.post(
-            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": "order-42"}
+            CREATE, json={"amount": 1000}, headers={"Idempotency-Key": key}
         )
 
     for response in (first, stranger):

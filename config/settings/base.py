@@ -395,9 +395,15 @@ LOGGING = {
     },
     "filters": {
         "dropped_messages": {"()": "realtime.dropped_messages.DroppedMessageCounter"},
+        # On the handler: a logger's filters miss its children's records.
+        "security_without_traceback": {"()": "config.security_log.WithoutTraceback"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["security_without_traceback"],
+        },
     },
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -456,6 +462,10 @@ WEB_MAX_BODY_BYTES = env.dict(
 # Seconds a connection has to send a whole request head, from its opening
 # or the end of its previous response (then it is closed; 0: no deadline).
 WEB_HEAD_TIMEOUT = env.float("WEB_HEAD_TIMEOUT", default=10.0)
+# Seconds a request has to send its whole body, from the end of its head
+# (then 408 and closed; 0: no deadline). Each byte restarts twisted's idle
+# timer, so without it a body trickled within its size limit never ends.
+WEB_BODY_TIMEOUT = env.float("WEB_BODY_TIMEOUT", default=30.0)
 # Whether a Daphne-Root-Path header sets the application's mount point; only
 # behind a proxy that sets it (and drops it from clients).
 WEB_TRUST_ROOT_PATH_HEADER = env.bool("WEB_TRUST_ROOT_PATH_HEADER", default=False)

@@ -10,15 +10,26 @@ Anonymous keys share one scope, not one per client address: a client whose
 address changes between a request and its retry (mobile networks) must still
 get its replay, never a second payment. So for anonymous requests the key is
 the proof of being that client, as the client_secret is for reading: it must
-be unguessable (a UUID v4 or at least 32 random URL-safe characters), or a
-stranger could replay someone's response, client_secret included, by guessing
-"order-1". Logged-in users' keys are scoped per user and may be anything.
+be unguessable, or a stranger could replay someone's response, client_secret
+included, by guessing "order-1" or "a" * 40. Logged-in users' keys are scoped
+per user and may be anything.
+
+Unguessable is judged by a simple estimate (``random_key_bits``), not a
+proof: a random UUID v4, or 32 to 255 characters of ``A-Za-z0-9_-`` whose
+alphabet holds at least 128 bits (length x log2 of the smallest of digits,
+hex, one-case alphanumerics and base64url that holds every character), and
+whose characters, after dropping a repeated block and runs with one step
+(``aaaa``, ``abcd``), still carry ``ANONYMOUS_KEY_MIN_BITS`` by their own
+frequencies. A UUID's 32 hex digits are held to the same estimate, so
+``00000000-0000-4000-8000-000000000000`` is refused. A phrase of words may
+pass; keys should come from a CSPRNG (crypto.randomUUID(), secrets).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -34,11 +45,25 @@ from payments.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
-# 32 characters of base64url carry 192 bits, of hex 128: as many as a UUID v4
-# (122), beyond guessing.
 ANONYMOUS_KEY_MIN_LENGTH = 32
+#: What a key's alphabet must hold, as length x log2(alphabet size): 32 hex
+#: or base64url characters, 39 digits.
+ANONYMOUS_KEY_ALPHABET_BITS = 128
+#: What ``random_key_bits`` must find. The estimate is pessimistic (a key's
+#: own character frequencies understate its alphabet): random 32-hex keys
+#: (the weakest accepted) score 114 bits on the median and under 84 about once
+#: in 100,000, so 64 refuses a random key far less than once in a billion,
+#: while "a" * 40 scores 0, "ab" * 20 2, a-z then A-F 20, "0123456789" * 4 7.
+ANONYMOUS_KEY_MIN_BITS = 64
 _RANDOM_KEY = re.compile(
     rf"[A-Za-z0-9_-]{{{ANONYMOUS_KEY_MIN_LENGTH},{MAX_KEY_LENGTH}}}", re.ASCII
+)
+#: The smallest alphabet holding every character of a key decides its size.
+_ALPHABETS = (
+    (re.compile(r"[0-9]+"), 10),
+    (re.compile(r"[0-9a-f]+|[0-9A-F]+"), 16),
+    (re.compile(r"[0-9a-z]+|[0-9A-Z]+"), 36),
+    (re.compile(r"[A-Za-z0-9_-]+"), 64),
 )
 
 
@@ -57,11 +82,52 @@ _UUID = re.compile(
 )
 
 
+def _period(key: str) -> int:
+    """Return the length of the shortest block ``key`` repeats (its length if none)."""
+    for period in range(1, len(key) // 2 + 1):
+        if all(key[i] == key[i + period] for i in range(len(key) - period)):
+            return period
+    return len(key)
+
+
+def _length_without_runs(key: str) -> int:
+    """Count the characters, a run with one step (aaaa, abcd, 2468) as two."""
+    length = min(len(key), 2)
+    for i in range(2, len(key)):
+        if ord(key[i]) - ord(key[i - 1]) != ord(key[i - 1]) - ord(key[i - 2]):
+            length += 1
+    return length
+
+
+def random_key_bits(key: str) -> float:
+    """Estimate the bits of chance in ``key`` from its own characters.
+
+    One block of a repeated key, runs with one step counted as two characters,
+    times the Shannon entropy of the block's character frequencies.
+    """
+    block = key[: _period(key)]
+    counts = [block.count(char) for char in set(block)]
+    entropy = -sum(n / len(block) * math.log2(n / len(block)) for n in counts)
+    return _length_without_runs(block) * entropy
+
+
+def _alphabet_bits(key: str) -> float:
+    size = next(size for pattern, size in _ALPHABETS if pattern.fullmatch(key))
+    return len(key) * math.log2(size)
+
+
 def _is_unguessable(key: str) -> bool:
-    # Other UUID versions are time, host or name based: guessable.
     if _UUID.fullmatch(key):
-        return uuid.UUID(key).version == 4
-    return _RANDOM_KEY.fullmatch(key) is not None
+        # Other UUID versions are time, host or name based: guessable.
+        return (
+            uuid.UUID(key).version == 4
+            and random_key_bits(key.replace("-", "")) >= ANONYMOUS_KEY_MIN_BITS
+        )
+    return (
+        _RANDOM_KEY.fullmatch(key) is not None
+        and _alphabet_bits(key) >= ANONYMOUS_KEY_ALPHABET_BITS
+        and random_key_bits(key) >= ANONYMOUS_KEY_MIN_BITS
+    )
 
 
 def idempotency_key_validate(key: str, *, user: Any) -> str:
@@ -74,8 +140,9 @@ def idempotency_key_validate(key: str, *, user: Any) -> str:
         raise InvalidIdempotencyKeyError(
             "without a login the key must be unguessable: a random UUID v4, or "
             f"{ANONYMOUS_KEY_MIN_LENGTH} to {MAX_KEY_LENGTH} random characters "
-            "from A-Z a-z 0-9 - _ (whoever knows the key gets its replay, "
-            "client_secret included).",
+            "from A-Z a-z 0-9 - _ (39 if only digits), not a repeated block or "
+            "a run (whoever knows the key gets its replay, client_secret "
+            "included).",
             field=HEADER,
         )
     return key

@@ -88,7 +88,9 @@ class PollingConsumer(AsyncHttpConsumer):
             logger.warning("socket.io polling: Redis unreachable: %r", exc)
             await self.send_error(
                 RequestError(
-                    503, "unavailable", "session: the session store is unreachable."
+                    503,
+                    "service_unavailable",
+                    "session: the session store is unreachable.",
                 )
             )
 
