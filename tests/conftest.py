@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from django.conf import settings
 from rest_framework.test import APIClient
 
@@ -64,6 +65,14 @@ def api_client() -> APIClient:
 @pytest.fixture
 def redis_url() -> str:
     return settings.REDIS_URL
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the tests' Redis, closed after the test."""
+    client = aioredis.from_url(settings.REDIS_URL)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

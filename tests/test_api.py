@@ -13,6 +13,7 @@ from payments import services
 from payments.models import Payment, PaymentEvent, PaymentStatus
 from realtime.groups import new_socket_id
 from tests.factories import PaymentFactory
+from tests.helpers import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -52,28 +53,6 @@ def assert_nothing_written():
     assert Payment.objects.count() == 0
     assert PaymentEvent.objects.count() == 0
     assert DBTaskResult.objects.count() == 0
-
-
-def assert_error(response, status, code, *, names=None):
-    """Check the one error shape; ``names`` must appear in the message."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    for name in names or ():
-        assert name in error["message"]
-    if code == "validation_error":
-        assert set(error) == {"code", "message", "fields"}
-        for name in names or ():
-            assert name in error["fields"]
-            assert all(isinstance(m, str) for m in error["fields"][name])
-    else:
-        assert set(error) == {"code", "message"}
-    return error
 
 
 # POST /api/payments/ ------------------------------------------------------
@@ -230,7 +209,7 @@ def test_seed_route_rejects_snake_case_socket_id(api_client):
         api_client, SEED_URLS[0], {"amount": 1000, "socket_id": new_socket_id()}
     )
 
-    assert_error(response, 400, "validation_error", names=["socket_id"])
+    assert_error(response, 400, "validation_error", "socket_id")
     assert_nothing_written()
 
 
@@ -239,7 +218,7 @@ def test_seed_route_rejects_bad_socket_id(api_client):
         api_client, SEED_URLS[0], {"amount": 1000, "socketId": "bad id!"}
     )
 
-    assert_error(response, 400, "validation_error", names=["socketId"])
+    assert_error(response, 400, "validation_error", "socketId")
     assert_nothing_written()
 
 
@@ -308,7 +287,7 @@ BODY_CASES = [
 def test_invalid_amount_is_400(api_client, url, body):
     response = post_json(api_client, url, body)
 
-    assert_error(response, 400, "validation_error", names=["amount"])
+    assert_error(response, 400, "validation_error", "amount")
     assert_nothing_written()
 
 
@@ -316,7 +295,7 @@ def test_invalid_amount_is_400(api_client, url, body):
 def test_invalid_field_is_400(api_client, body, field):
     response = post_json(api_client, CREATE_URL, body)
 
-    assert_error(response, 400, "validation_error", names=[field])
+    assert_error(response, 400, "validation_error", field)
     assert_nothing_written()
 
 
@@ -325,7 +304,7 @@ def test_invalid_field_is_400(api_client, body, field):
 def test_json_body_not_an_object_is_400(api_client, url, raw):
     response = api_client.post(url, raw, content_type="application/json")
 
-    assert_error(response, 400, "validation_error", names=["body"])
+    assert_error(response, 400, "validation_error", "body")
     assert_nothing_written()
 
 
@@ -333,7 +312,7 @@ def test_json_body_not_an_object_is_400(api_client, url, raw):
 def test_non_json_body_is_400_parse_error(api_client, url):
     response = api_client.post(url, "not json{", content_type="application/json")
 
-    assert_error(response, 400, "parse_error", names=["body"])
+    assert_error(response, 400, "parse_error", "body")
     assert_nothing_written()
 
 
@@ -350,7 +329,7 @@ def test_empty_body_is_400(api_client, url):
 def test_json_nested_too_deeply_is_400_parse_error(api_client, url):
     response = api_client.post(url, "[" * 100_000, content_type="application/json")
 
-    assert_error(response, 400, "parse_error", names=["body"])
+    assert_error(response, 400, "parse_error", "body")
     assert_nothing_written()
 
 
@@ -361,7 +340,7 @@ def test_body_over_upload_limit_is_413_json(api_client, settings, url):
 
     response = api_client.post(url, body, content_type="application/json")
 
-    assert_error(response, 413, "request_too_large", names=["body"])
+    assert_error(response, 413, "request_too_large", "body")
     assert_nothing_written()
 
 
@@ -384,7 +363,7 @@ def test_body_over_upload_limit_is_413_json(api_client, settings, url):
 def test_characters_the_database_cannot_store_are_400(api_client, raw, field):
     response = api_client.post(CREATE_URL, raw, content_type="application/json")
 
-    assert_error(response, 400, "validation_error", names=[field])
+    assert_error(response, 400, "validation_error", field)
     assert_nothing_written()
 
 
@@ -392,7 +371,7 @@ def test_characters_the_database_cannot_store_are_400(api_client, raw, field):
 def test_non_standard_json_constants_are_parse_errors(api_client, raw):
     response = api_client.post(CREATE_URL, raw, content_type="application/json")
 
-    assert_error(response, 400, "parse_error", names=["body"])
+    assert_error(response, 400, "parse_error", "body")
     assert_nothing_written()
 
 
@@ -403,7 +382,7 @@ def test_body_not_utf8_is_400_parse_error(api_client):
         content_type="application/json",
     )
 
-    assert_error(response, 400, "parse_error", names=["body"])
+    assert_error(response, 400, "parse_error", "body")
     assert_nothing_written()
 
 
@@ -418,7 +397,9 @@ def test_several_invalid_fields_are_all_named(api_client):
         response,
         400,
         "validation_error",
-        names=["amount", "currency", "payment_method"],
+        "amount",
+        "currency",
+        "payment_method",
     )
     assert set(error["fields"]) == {"amount", "currency", "payment_method"}
     assert_nothing_written()

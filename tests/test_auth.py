@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -41,7 +40,6 @@ from django.test import Client
 from django_tasks_db.models import DBTaskResult
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
-from websockets.asyncio.client import connect
 
 from config.asgi import application
 from payments.api.throttling import (
@@ -52,6 +50,7 @@ from payments.api.throttling import (
 )
 from payments.models import Payment, PaymentStatus
 from tests.factories import PaymentFactory
+from tests.helpers import assert_error, next_frame, open_socket
 from tests.live import REPO_ROOT, LiveStack, database_url, free_port, live_stack
 
 CREATE = "/api/payments/"
@@ -65,14 +64,6 @@ ORIGIN = "http://localhost:3000"
 
 def detail(payment_id: Any) -> str:
     return f"/api/payments/{payment_id}/"
-
-
-def assert_error(response: Any, status: int, code: str, name: str) -> None:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert name in error["message"], error
 
 
 @pytest.fixture
@@ -869,7 +860,7 @@ def test_token_credentials_are_bounded(make_user, body, name) -> None:
 
     response = APIClient().post(TOKEN, raw, content_type="application/json")
 
-    assert_error(response, 400, "validation_error", f"{name}: ")
+    assert_error(response, 400, "validation_error", name)
     assert list(response.json()["error"]["fields"]) == [name]
 
 
@@ -1090,10 +1081,6 @@ def test_admin_login_on_daphne_locks_out_and_refuses_the_right_password(
     assert "Traceback" not in right.text and "<html" not in right.text.lower()
 
 
-async def next_frame(ws: Any) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), 20))
-
-
 @pytest.mark.e2e
 async def test_client_secret_and_socket_id_stay_out_of_the_logs(
     live: LiveStack,
@@ -1102,8 +1089,8 @@ async def test_client_secret_and_socket_id_stay_out_of_the_logs(
     seen_sockets: list[str] = []
     async with (
         httpx.AsyncClient(base_url=live.http_url, trust_env=False, timeout=20) as http,
-        connect(f"{live.ws_url}{WS_PATH}", origin=ORIGIN, proxy=None) as ws,
-        connect(f"{live.ws_url}{WS_PATH}", origin=ORIGIN, proxy=None) as other_ws,
+        open_socket(live) as ws,
+        open_socket(live) as other_ws,
     ):
         socket_id = (await next_frame(ws))["data"]
         other_socket_id = (await next_frame(other_ws))["data"]

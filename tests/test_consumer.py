@@ -84,13 +84,6 @@ async def connect() -> AsyncIterator[Connect]:
             await communicator.disconnect(timeout=TIMEOUT)
 
 
-@pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(settings.REDIS_URL)
-    yield client
-    await client.aclose()
-
-
 async def group_members(redis_client: aioredis.Redis, prefix: str, group: str) -> int:
     """Count a group's listeners as the configured layer keeps them in Redis."""
     if settings.CHANNEL_LAYERS["default"]["BACKEND"] == CORE_LAYER:
