@@ -63,6 +63,19 @@ def api_client() -> APIClient:
 
 
 @pytest.fixture
+def make_user(django_user_model):
+    """make(username, staff=False): a user whose password is helpers.PASSWORD."""
+    from tests.helpers import PASSWORD
+
+    def make(username: str, *, staff: bool = False):
+        return django_user_model.objects.create_user(
+            username=username, password=PASSWORD, is_staff=staff
+        )
+
+    return make
+
+
+@pytest.fixture
 def redis_url() -> str:
     return settings.REDIS_URL
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from channels.layers import get_channel_layer
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.sync.client import ClientConnection as SyncClientConnection
 from websockets.sync.client import connect as sync_connect
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 ORIGIN = "http://localhost:3000"
 WS_PATH = "/ws/payments/"
 CREATE = "/api/payments/"
+LIST = "/api/payments/"
+SEED = "/api/payments/make-payment-with-socket"
+TOKEN = "/api/auth/token/"
+#: Every user the make_user fixture creates has it.
+PASSWORD = "correct horse battery staple"
 # Generous: the whole path (HTTP, worker poll, gateway delay, Redis, socket)
 # runs in separate processes on a shared machine. A deadline, not a delay.
 TIMEOUT = 20.0
@@ -54,6 +61,29 @@ def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOU
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout} s for {what}")
         time.sleep(0.05)  # polling, not synchronising on an event
+
+
+# Users and requests in process ------------------------------------------------------
+
+
+def detail(payment_id: Any) -> str:
+    return f"/api/payments/{payment_id}/"
+
+
+def token_client(user: Any) -> APIClient:
+    """A DRF test client authenticated with ``user``'s token."""
+    client = APIClient()
+    client.credentials(
+        HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}"
+    )
+    return client
+
+
+def create_from(client: APIClient, address: str, **headers: str) -> Any:
+    """POST a payment from the client ``address`` (REMOTE_ADDR)."""
+    return client.post(
+        CREATE, {"amount": 1000}, format="json", REMOTE_ADDR=address, **headers
+    )
 
 
 # The error shape --------------------------------------------------------------

@@ -13,7 +13,7 @@ from payments import services
 from payments.models import Payment, PaymentEvent, PaymentStatus
 from realtime.groups import new_socket_id
 from tests.factories import PaymentFactory
-from tests.helpers import assert_error
+from tests.helpers import assert_error, detail
 
 pytestmark = pytest.mark.django_db
 
@@ -39,10 +39,6 @@ PUBLIC_FIELDS = {
     "version",
 }
 OWNER_FIELDS = PUBLIC_FIELDS | {"client_secret"}
-
-
-def detail_url(payment_id) -> str:
-    return f"/api/payments/{payment_id}/"
 
 
 def post_json(client, url, body):
@@ -154,22 +150,6 @@ def test_create_by_logged_in_user_records_owner(api_client, django_user_model):
 
     assert response.status_code == 202, response.content
     assert Payment.objects.get().user == user
-
-
-@pytest.mark.django_db(transaction=True)
-def test_create_is_atomic_when_enqueue_fails(monkeypatch):
-    class BrokenTask:
-        def enqueue(self, **kwargs):
-            raise RuntimeError("queue unavailable")
-
-    monkeypatch.setattr(services.tasks, "process_payment", BrokenTask())
-
-    with pytest.raises(RuntimeError, match="queue unavailable"):
-        services.payment_create(
-            amount=1000, currency="usd", payment_method="pm_card_visa"
-        )
-
-    assert_nothing_written()
 
 
 # Seed route ---------------------------------------------------------------
@@ -433,7 +413,7 @@ def test_other_methods_on_create_are_405(api_client, method):
 def test_post_on_detail_is_405(api_client):
     payment = PaymentFactory()
 
-    response = post_json(api_client, detail_url(payment.id), {"amount": 1})
+    response = post_json(api_client, detail(payment.id), {"amount": 1})
 
     assert_error(response, 405, "method_not_allowed")
 
@@ -479,7 +459,7 @@ def created(api_client) -> dict:
 
 def test_get_with_client_secret_query(api_client, created):
     response = api_client.get(
-        detail_url(created["id"]), {"client_secret": created["client_secret"]}
+        detail(created["id"]), {"client_secret": created["client_secret"]}
     )
 
     assert response.status_code == 200, response.content
@@ -492,7 +472,7 @@ def test_get_with_client_secret_query(api_client, created):
 
 def test_get_with_client_secret_header(api_client, created):
     response = api_client.get(
-        detail_url(created["id"]), HTTP_X_CLIENT_SECRET=created["client_secret"]
+        detail(created["id"]), HTTP_X_CLIENT_SECRET=created["client_secret"]
     )
 
     assert response.status_code == 200, response.content
@@ -503,7 +483,7 @@ def test_get_reflects_processing_outcome(api_client, created):
     services.payment_process(payment_id=created["id"])
 
     response = api_client.get(
-        detail_url(created["id"]), {"client_secret": created["client_secret"]}
+        detail(created["id"]), {"client_secret": created["client_secret"]}
     )
 
     body = response.json()
@@ -520,7 +500,7 @@ def test_get_shows_failure(api_client):
     services.payment_process(payment_id=created["id"])
 
     body = api_client.get(
-        detail_url(created["id"]), {"client_secret": created["client_secret"]}
+        detail(created["id"]), {"client_secret": created["client_secret"]}
     ).json()
 
     assert body["status"] == "failed"
@@ -538,7 +518,7 @@ def test_get_shows_failure(api_client):
     ],
 )
 def test_get_without_right_secret_is_404(api_client, created, kwargs):
-    response = api_client.get(detail_url(created["id"]), **kwargs)
+    response = api_client.get(detail(created["id"]), **kwargs)
 
     error = assert_error(response, 404, "not_found")
     assert created["client_secret"] not in json.dumps(response.json())
@@ -549,7 +529,7 @@ def test_get_with_another_payments_secret_is_404(api_client, created):
     other = PaymentFactory()
 
     response = api_client.get(
-        detail_url(other.id), {"client_secret": created["client_secret"]}
+        detail(other.id), {"client_secret": created["client_secret"]}
     )
 
     assert_error(response, 404, "not_found")
@@ -557,7 +537,7 @@ def test_get_with_another_payments_secret_is_404(api_client, created):
 
 def test_get_unknown_payment_is_404(api_client, created):
     response = api_client.get(
-        detail_url(uuid.uuid4()), {"client_secret": created["client_secret"]}
+        detail(uuid.uuid4()), {"client_secret": created["client_secret"]}
     )
 
     assert_error(response, 404, "not_found")
@@ -567,14 +547,14 @@ def test_get_unknown_payment_is_404(api_client, created):
     "payment_id", ["not-a-uuid", "1", "00000000-0000-0000-0000", "%20"]
 )
 def test_get_malformed_id_is_json_404(api_client, payment_id):
-    response = api_client.get(detail_url(payment_id), {"client_secret": "x"})
+    response = api_client.get(detail(payment_id), {"client_secret": "x"})
 
     assert_error(response, 404, "not_found")
 
 
 def test_get_unknown_and_forbidden_look_the_same(api_client, created):
-    unknown = api_client.get(detail_url(uuid.uuid4()))
-    forbidden = api_client.get(detail_url(created["id"]))
+    unknown = api_client.get(detail(uuid.uuid4()))
+    forbidden = api_client.get(detail(created["id"]))
 
     assert unknown.status_code == forbidden.status_code == 404
     assert unknown.json() == forbidden.json()
@@ -586,7 +566,7 @@ def test_get_by_staff_without_secret(api_client, created, django_user_model):
     )
     api_client.force_login(staff)
 
-    response = api_client.get(detail_url(created["id"]))
+    response = api_client.get(detail(created["id"]))
 
     assert response.status_code == 200, response.content
     assert set(response.json()) == PUBLIC_FIELDS
@@ -596,7 +576,7 @@ def test_get_by_other_user_is_404(api_client, created, django_user_model):
     user = django_user_model.objects.create_user(username="bob", password="pw")
     api_client.force_login(user)
 
-    response = api_client.get(detail_url(created["id"]))
+    response = api_client.get(detail(created["id"]))
 
     assert_error(response, 404, "not_found")
 
@@ -606,7 +586,7 @@ def test_get_by_owner_includes_client_secret(api_client, django_user_model):
     api_client.force_login(owner)
     created = post_json(api_client, CREATE_URL, {"amount": 1000}).json()
 
-    response = api_client.get(detail_url(created["id"]))
+    response = api_client.get(detail(created["id"]))
 
     assert response.status_code == 200, response.content
     body = response.json()
@@ -622,7 +602,7 @@ def test_owner_is_not_someone_else(api_client, django_user_model):
     api_client.logout()
     api_client.force_login(other)
 
-    response = api_client.get(detail_url(created["id"]))
+    response = api_client.get(detail(created["id"]))
 
     assert_error(response, 404, "not_found")
 
@@ -633,7 +613,7 @@ def test_owner_logged_out_needs_secret(api_client, django_user_model):
     created = post_json(api_client, CREATE_URL, {"amount": 1000}).json()
     api_client.logout()
 
-    response = api_client.get(detail_url(created["id"]))
+    response = api_client.get(detail(created["id"]))
 
     assert_error(response, 404, "not_found")
 
