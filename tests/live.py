@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,22 +287,6 @@ def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
     assert not [p.name for p in stack.processes if "Traceback" in p.output()]
 
 
-class SlowChargeGateway(SimulatedGateway):
-    """The simulated gateway, answering a charge only after a latency.
-
-    Fault injection for the worker tests: the charge is made (its
-    SimulatedCharge row committed) and then the answer takes
-    ``PAYMENTS_TEST_CHARGE_LATENCY`` seconds, as a provider's HTTP call does.
-    In that window a worker holds a charged payment whose charge is not yet
-    recorded, and a test can kill or stop it there deterministically.
-    """
-
-    def charge(self, *, payment: Payment) -> GatewayResult:
-        result = super().charge(payment=payment)
-        time.sleep(float(os.environ.get("PAYMENTS_TEST_CHARGE_LATENCY", "1")))
-        return result
-
-
 class RoundRobinProxy:
     """A TCP proxy sending each new connection to the next backend in turn.
 
@@ -385,7 +368,9 @@ class GatedChargeGateway(SimulatedGateway):
         import redis
 
         result = super().charge(payment=payment)
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        # redis-py 8 reads with a 5 s socket timeout by default, shorter than
+        # a test may keep the gate shut; the BLPOP's own 60 s bounds the wait.
+        client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
         try:
             client.blpop([os.environ["PAYMENTS_TEST_CHARGE_GATE"]], timeout=60)
         finally:

@@ -177,7 +177,7 @@ def all_terminal(ids: list[str]) -> bool:
 def charged_unrecorded(ids: list[str]) -> list[str]:
     """Payments charged at the gateway whose charge call is not recorded yet.
 
-    With SlowChargeGateway that is the payment a worker holds inside the
+    With GatedChargeGateway that is the payment a worker holds inside the
     gateway call; after a crash, the one it died holding.
     """
     charged = set(
@@ -324,12 +324,14 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
 ) -> None:
     """Worker crash: SIGKILL it with >= 20 payments in flight, then restart it.
 
-    The gateway answers each charge after 0.2 s, so the kill lands where it
-    hurts most: a payment charged at the gateway, its job half done.
+    The gateway holds the first charge until the test opens its gate, so the
+    kill lands where it hurts most: a payment charged at the gateway, its job
+    half done.
     """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
     stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
-        PAYMENTS_TEST_CHARGE_LATENCY="0.2",
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
         PAYMENTS_SIMULATED_DELAY="1.5",
         # 24 subscribes in well under a second would pass the default
         # per-socket limit (10/s, bursts of 20) and be answered rate_limited.
@@ -358,6 +360,8 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
         running = [t for t in tasks_of(ids) if t.status == "RUNNING"]
         assert [t.task_path for t in running] == [PROCESS_TASK], running
 
+        # The next worker makes at most one charge call per payment.
+        open_charge_gate(stack.redis_url, gate, charges=len(methods))
         stack.start_worker()
         wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
         wait_until(lambda: unnotified(ids) == 0, "every change pushed")
@@ -522,9 +526,10 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     start_stack: Callable[..., LiveStack],
 ) -> None:
     """SIGTERM while the worker waits on the gateway mid-charge."""
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
     stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
-        PAYMENTS_TEST_CHARGE_LATENCY="1.0",
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
         PAYMENTS_SIMULATED_DELAY="0.5",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
@@ -535,10 +540,12 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     worker = stack.worker
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)
+    # The signal arrives inside the charge; only then does the charge answer.
+    worker.wait_for_output("shutting down gracefully")
+    open_charge_gate(stack.redis_url, gate)
     assert worker.wait(timeout=15) == 0
     assert not worker.killed, "ignored SIGTERM"
     assert time.monotonic() - started < 15
-    assert "shutting down gracefully" in worker.output()
 
     # It finished the task in hand: the charge is recorded, the task done,
     # and it took no other task after the signal.
@@ -549,6 +556,8 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     assert not [t for t in tasks_of(ids) if t.status == "RUNNING"]
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
 
+    # The other payments' charges, one call each.
+    open_charge_gate(stack.redis_url, gate, charges=len(methods) - 1)
     stack.start_worker()
     wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
     assert_settled_once(payments, methods)
