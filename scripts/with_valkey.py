@@ -6,14 +6,14 @@ import os
 import subprocess
 import sys
 
-from embedded import redis_url
+from processes import valkey
 
 
 def main(argv: list[str]) -> int:
     if not argv:
         print("usage: with_valkey.py COMMAND [ARG ...]", file=sys.stderr)
         return 2
-    with redis_url() as url:
+    with valkey() as url:
         env = {**os.environ, "REDIS_URL": url}
         try:
             return subprocess.call(argv, env=env)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from django.conf import settings
 from rest_framework.test import APIClient
 
@@ -62,8 +63,29 @@ def api_client() -> APIClient:
 
 
 @pytest.fixture
+def make_user(django_user_model):
+    """make(username, staff=False): a user whose password is helpers.PASSWORD."""
+    from tests.helpers import PASSWORD
+
+    def make(username: str, *, staff: bool = False):
+        return django_user_model.objects.create_user(
+            username=username, password=PASSWORD, is_staff=staff
+        )
+
+    return make
+
+
+@pytest.fixture
 def redis_url() -> str:
     return settings.REDIS_URL
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the tests' Redis, closed after the test."""
+    client = aioredis.from_url(settings.REDIS_URL)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -3,19 +3,15 @@
 ``live_stack`` runs one web process and one worker on a free port; the
 ``LiveStack`` it yields can also kill, stop and start either of them again on
 the same port and environment, so tests can crash and restart the service.
+The processes and their command lines are scripts/processes.py's, the ones
+scripts/run and the benchmarks start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,23 +22,22 @@ from django.conf import settings
 from django.db import connection
 
 from payments.gateways.simulated import SimulatedGateway
-from realtime.server import WEB_FLAGS
+from scripts.processes import (
+    HOST,
+    ROOT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Process,
+    free_port,
+    web_command,
+    worker_command,
+)
 
 if TYPE_CHECKING:
     from payments.gateways import GatewayResult
     from payments.models import Payment
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-
-
-def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+REPO_ROOT = ROOT
 
 
 def rss_bytes(pid: int) -> int:
@@ -74,138 +69,6 @@ def database_url(settings_dict: dict[str, Any]) -> str:
     raise RuntimeError(f"no DATABASE_URL form for the {engine} engine")
 
 
-class LiveProcess:
-    """One child process of this interpreter, its output kept in a file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        # Closed in stop(); the child writes to it.
-        self._log = tempfile.NamedTemporaryFile(
-            prefix=f"e2e-{name}-", suffix=".log", delete=False
-        )
-        self.log_path = Path(self._log.name)
-        self._final_output: str | None = None
-        #: Whether stop() had to SIGKILL it after SIGTERM was ignored.
-        self.killed = False
-        #: Whether the test killed it on purpose (kill()).
-        self.crashed_on_purpose = False
-        #: Whether it was running when kill() or stop() ended it.
-        self.ended_by_test = False
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.poll()
-
-    def output(self) -> str:
-        if self._final_output is not None:
-            return self._final_output
-        # The child writes to the file itself; nothing is buffered here.
-        return self.log_path.read_text(errors="replace")
-
-    def report(self) -> str:
-        return (
-            f"----- {self.name} (pid {self.popen.pid}, "
-            f"returncode {self.returncode}{', killed' if self.killed else ''}"
-            f"{', killed by the test' if self.crashed_on_purpose else ''}) "
-            f"-----\n{self.output()}"
-        )
-
-    def wait_for_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
-        """Return once HOST:port accepts connections; fail if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.returncode is not None:
-                raise RuntimeError(
-                    f"{self.name} exited while starting\n{self.report()}"
-                )
-            try:
-                with socket.create_connection((HOST, port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{self.name} did not listen on {HOST}:{port} within "
-                        f"{timeout} s\n{self.report()}"
-                    ) from None
-                time.sleep(0.05)  # polling a port, not synchronising on an event
-
-    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
-        """Return once ``text`` is in the process's output; fail on timeout."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} did not print {text!r} within {timeout} s\n"
-                    f"{self.report()}"
-                )
-            time.sleep(0.05)  # polling a log file, not synchronising on an event
-
-    def send_signal(self, signum: int) -> None:
-        """Send ``signum`` and return at once (see stop() and kill())."""
-        if self.popen.poll() is None:
-            self.ended_by_test = True
-        self.popen.send_signal(signum)
-
-    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Wait for it to exit by itself, sending nothing (after send_signal).
-
-        A second SIGTERM would force a shutdown the first one began, so this
-        only waits; past ``timeout`` it SIGKILLs and sets ``killed``.
-        """
-        try:
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.popen.kill()
-                self.popen.wait(timeout=timeout)
-        finally:
-            self._finish()
-        return self.popen.returncode
-
-    def kill(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGKILL it (a crash: nothing runs after), wait, keep the output."""
-        self.crashed_on_purpose = True
-        try:
-            if self.popen.poll() is None:
-                self.ended_by_test = True
-                self.popen.kill()
-            self.popen.wait(timeout=timeout)
-        finally:
-            self._finish()
-        return self.popen.returncode
-
-    def _finish(self) -> None:
-        if self._final_output is None:
-            self._log.close()
-            self._final_output = self.output()
-            self.log_path.unlink(missing_ok=True)
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, wait, SIGKILL if it hangs; keep the output, drop the file."""
-        try:
-            if self.popen.poll() is None:
-                self.ended_by_test = True
-                self.popen.send_signal(signal.SIGTERM)
-                try:
-                    self.popen.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.killed = True
-                    self.popen.kill()
-                    self.popen.wait(timeout=timeout)
-        finally:
-            self._finish()
-        return self.popen.returncode
-
-
 def process_env(**overrides: str) -> dict[str, str]:
     """Return this process's environment with the given variables replaced."""
     env = {**os.environ, **overrides}
@@ -233,11 +96,11 @@ class LiveStack:
         self.channels_prefix = env["CHANNELS_PREFIX"]
         self.http_url = f"http://{HOST}:{port}"
         self.ws_url = f"ws://{HOST}:{port}"
-        self.history: list[LiveProcess] = []
+        self.history: list[Process] = []
         self._started = {"web": 0, "worker": 0}
-        self.web: LiveProcess | None = None
-        self.worker: LiveProcess | None = None
-        self.extra_workers: list[LiveProcess] = []
+        self.web: Process | None = None
+        self.worker: Process | None = None
+        self.extra_workers: list[Process] = []
         # Process names are worker ids, and a worker's heartbeat is keyed
         # by its id in the shared database: a stack opened beside another
         # names its processes apart, or its worker takes the other's lease.
@@ -247,7 +110,7 @@ class LiveStack:
     _open: ClassVar[set[int]] = set()
 
     @property
-    def processes(self) -> tuple[LiveProcess, ...]:
+    def processes(self) -> tuple[Process, ...]:
         """The current web and worker processes."""
         return tuple(p for p in (self.web, self.worker) if p is not None)
 
@@ -262,24 +125,11 @@ class LiveStack:
 
     # Web --------------------------------------------------------------------
 
-    def start_web(self, *, wait: bool = True) -> LiveProcess:
+    def start_web(self, *, wait: bool = True) -> Process:
         """Start daphne on the stack's port (again); return once it listens."""
         if self.web is not None and self.web.returncode is None:
             raise RuntimeError(f"{self.web.name} is still running")
-        self.web = LiveProcess(
-            self._name("web"),
-            [
-                "-m",
-                "realtime.server",
-                "-b",
-                HOST,
-                "-p",
-                str(self.port),
-                *WEB_FLAGS,
-                "config.asgi:application",
-            ],
-            self.env,
-        )
+        self.web = Process(self._name("web"), web_command(self.port), self.env)
         self.history.append(self.web)
         if wait:
             self.web.wait_for_port(self.port)
@@ -295,7 +145,7 @@ class LiveStack:
         assert self.web is not None
         return self.web.stop(timeout)
 
-    def restart_web(self, *, kill: bool) -> LiveProcess:
+    def restart_web(self, *, kill: bool) -> Process:
         """Kill (or stop) the web process, then start a new one on the port."""
         if kill:
             self.kill_web()
@@ -305,7 +155,7 @@ class LiveStack:
 
     # Worker -----------------------------------------------------------------
 
-    def start_worker(self, *, wait: bool = False) -> LiveProcess:
+    def start_worker(self, *, wait: bool = False) -> Process:
         """Start a db_worker; with ``wait``, return once it polls for tasks.
 
         Its worker id is its process name, so tests can tell which worker
@@ -316,7 +166,7 @@ class LiveStack:
         self.worker = self._spawn_worker(wait=wait)
         return self.worker
 
-    def start_extra_worker(self, *, wait: bool = False) -> LiveProcess:
+    def start_extra_worker(self, *, wait: bool = False) -> Process:
         """Start one more db_worker beside ``worker`` (several workers share a queue).
 
         Kept in ``extra_workers`` and ``history``; close() stops it.
@@ -325,20 +175,13 @@ class LiveStack:
         self.extra_workers.append(worker)
         return worker
 
-    def _spawn_worker(self, *, wait: bool) -> LiveProcess:
+    def _spawn_worker(self, *, wait: bool) -> Process:
         name = self._name("worker")
-        worker = LiveProcess(
+        worker = Process(
             name,
-            [
-                "manage.py",
-                "db_worker",
-                "--no-reload",
-                "--interval",
-                self.worker_interval,
-                "--no-startup-delay",
-                "--worker-id",
-                name,
-            ],
+            worker_command(
+                interval=self.worker_interval, worker_id=name, startup_delay=False
+            ),
             self.env,
         )
         self.history.append(worker)
@@ -356,7 +199,7 @@ class LiveStack:
         assert self.worker is not None
         return self.worker.stop(timeout)
 
-    def restart_worker(self, *, kill: bool) -> LiveProcess:
+    def restart_worker(self, *, kill: bool) -> Process:
         """Kill (or stop) the worker, then start a new one."""
         if kill:
             self.kill_worker()
@@ -444,22 +287,6 @@ def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
     assert not [p.name for p in stack.processes if "Traceback" in p.output()]
 
 
-class SlowChargeGateway(SimulatedGateway):
-    """The simulated gateway, answering a charge only after a latency.
-
-    Fault injection for the worker tests: the charge is made (its
-    SimulatedCharge row committed) and then the answer takes
-    ``PAYMENTS_TEST_CHARGE_LATENCY`` seconds, as a provider's HTTP call does.
-    In that window a worker holds a charged payment whose charge is not yet
-    recorded, and a test can kill or stop it there deterministically.
-    """
-
-    def charge(self, *, payment: Payment) -> GatewayResult:
-        result = super().charge(payment=payment)
-        time.sleep(float(os.environ.get("PAYMENTS_TEST_CHARGE_LATENCY", "1")))
-        return result
-
-
 class RoundRobinProxy:
     """A TCP proxy sending each new connection to the next backend in turn.
 
@@ -541,7 +368,9 @@ class GatedChargeGateway(SimulatedGateway):
         import redis
 
         result = super().charge(payment=payment)
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        # redis-py 8 reads with a 5 s socket timeout by default, shorter than
+        # a test may keep the gate shut; the BLPOP's own 60 s bounds the wait.
+        client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
         try:
             client.blpop([os.environ["PAYMENTS_TEST_CHARGE_GATE"]], timeout=60)
         finally:

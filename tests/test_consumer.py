@@ -33,10 +33,6 @@ ORIGIN = (b"origin", b"http://localhost:3000")
 # Django refuses a request whose Host is not in ALLOWED_HOSTS; so does the socket.
 HOST = (b"host", b"testserver")
 TIMEOUT = 5
-# How long a socket must stay silent to count as "received nothing"; every
-# such check comes after the same message reached another socket, so a
-# wrongly delivered copy would already be queued.
-QUIET = 0.5
 SOCKET_ID = re.compile(r"^[A-Za-z0-9_-]{32,}$")
 
 Connect = Callable[..., Awaitable[tuple[WebsocketCommunicator, str]]]
@@ -82,13 +78,6 @@ async def connect() -> AsyncIterator[Connect]:
         # crashed) has failed its test; only live ones need closing.
         if not communicator.future.done():
             await communicator.disconnect(timeout=TIMEOUT)
-
-
-@pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(settings.REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def group_members(redis_client: aioredis.Redis, prefix: str, group: str) -> int:
@@ -345,7 +334,6 @@ async def test_notify_reaches_the_bound_socket_and_no_other(connect: Connect) ->
         "event": "payment-status",
         "data": data,
     }
-    assert await other.receive_nothing(timeout=QUIET) is True
     assert await frames_until_fence(other, other_id) == []
 
 
@@ -362,7 +350,6 @@ async def test_group_send_to_socket_group_reaches_that_socket_only(
         "event": "payment-status",
         "data": data,
     }
-    assert await other.receive_nothing(timeout=QUIET) is True
     assert await frames_until_fence(other, other_id) == []
 
 
@@ -379,7 +366,6 @@ async def test_status_transition_reaches_the_socket_the_payment_names(
     assert data["socket_id"] == target_id
     assert data["amount"] == payment.amount
     assert data["currency"] == payment.currency
-    assert await other.receive_nothing(timeout=QUIET) is True
     assert await frames_until_fence(other, other_id) == []
 
 

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from channels.layers import get_channel_layer
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
-from realtime import groups, notify
+from tests.helpers import (
+    TIMEOUT,
+    assert_nothing_more,
+    next_frame,
+    open_socket,
+    socket_id_of,
+)
 from tests.live import LiveStack, checked_stack
 
 pytestmark = pytest.mark.e2e
-
-ORIGIN = "http://localhost:3000"
-# Generous: the whole path (HTTP, worker poll, gateway delay, deferred
-# refresh, Redis, socket) runs in separate processes on a shared machine.
-TIMEOUT = 20.0
 
 
 @pytest.fixture
@@ -38,26 +36,8 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
 # Helpers ----------------------------------------------------------------------
 
 
-def open_socket(live: LiveStack) -> connect:
-    return connect(
-        f"{live.ws_url}/ws/payments/", origin=ORIGIN, proxy=None, open_timeout=TIMEOUT
-    )
-
-
 def http_client(live: LiveStack) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=live.http_url, trust_env=False, timeout=TIMEOUT)
-
-
-async def next_frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
-    message = await asyncio.wait_for(ws.recv(), timeout)
-    assert isinstance(message, str), f"not a text frame: {message!r}"
-    return json.loads(message)
-
-
-async def receive_socket_id(ws: ClientConnection) -> str:
-    frame = await next_frame(ws)
-    assert frame["event"] == "socket-id", frame
-    return frame["data"]
 
 
 async def receive_statuses(
@@ -77,21 +57,6 @@ async def receive_statuses(
     return received
 
 
-async def assert_nothing_more(ws: ClientConnection, socket_id: str) -> None:
-    """Check the socket sends nothing before a marker sent through its group.
-
-    The test shares the processes' channel-layer key space, so the marker
-    queues behind anything already on its way to this socket.
-    """
-    marker = str(uuid.uuid4())
-    await get_channel_layer().group_send(
-        groups.socket_group(socket_id),
-        {"type": notify.MESSAGE_TYPE, "payment": {"id": marker, "version": 1}},
-    )
-    frame = await next_frame(ws)
-    assert frame == {"event": "payment-status", "data": {"id": marker, "version": 1}}
-
-
 async def get_payment(live: LiveStack, payment: dict[str, Any]) -> dict[str, Any]:
     async with http_client(live) as client:
         response = await client.get(
@@ -107,8 +72,8 @@ async def get_payment(live: LiveStack, payment: dict[str, Any]) -> dict[str, Any
 
 async def test_payment_succeeds_and_each_status_is_pushed(live: LiveStack) -> None:
     async with open_socket(live) as ws, open_socket(live) as bystander:
-        socket_id = await receive_socket_id(ws)
-        bystander_id = await receive_socket_id(bystander)
+        socket_id = await socket_id_of(ws)
+        bystander_id = await socket_id_of(bystander)
         assert bystander_id != socket_id
 
         async with http_client(live) as client:
@@ -135,7 +100,7 @@ async def test_payment_succeeds_and_each_status_is_pushed(live: LiveStack) -> No
 
     # A client that missed it all catches up by subscribing on a new socket.
     async with open_socket(live) as ws:
-        await receive_socket_id(ws)
+        await socket_id_of(ws)
         await ws.send(
             json.dumps(
                 {
@@ -151,7 +116,7 @@ async def test_payment_succeeds_and_each_status_is_pushed(live: LiveStack) -> No
 
 async def test_declined_card_is_pushed_as_failed(live: LiveStack) -> None:
     async with open_socket(live) as ws:
-        socket_id = await receive_socket_id(ws)
+        socket_id = await socket_id_of(ws)
         async with http_client(live) as client:
             response = await client.post(
                 "/api/payments/",
@@ -186,7 +151,7 @@ async def test_seed_frontend_route_pushes_the_same_frames(
     live: LiveStack, path: str
 ) -> None:
     async with open_socket(live) as ws:
-        socket_id = await receive_socket_id(ws)
+        socket_id = await socket_id_of(ws)
         async with http_client(live) as client:
             response = await client.post(
                 path, json={"amount": 1000, "socketId": socket_id}
@@ -232,7 +197,7 @@ async def test_idle_worker_starts_jobs_without_waiting_for_its_poll(
         # Logged once subscribed to wake-ups; it then finds the queue empty.
         live.worker.wait_for_output("worker_id=")
         async with open_socket(live) as ws:
-            socket_id = await receive_socket_id(ws)
+            socket_id = await socket_id_of(ws)
             async with http_client(live) as client:
                 response = await client.post(
                     "/api/payments/", json={"amount": 1000, "socket_id": socket_id}

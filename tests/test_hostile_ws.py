@@ -20,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 from channels.db import database_sync_to_async
@@ -28,7 +27,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connection, connections
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from config.asgi import application
@@ -36,6 +35,8 @@ from payments import services
 from payments.models import TERMINAL_STATUSES, Payment
 from realtime import groups, notify
 from tests.factories import PaymentFactory
+from tests.helpers import assert_nothing_more as expect_nothing_more
+from tests.helpers import create_payment, next_frame, open_socket, socket_id_of
 from tests.live import LiveStack, database_url, live_stack
 
 ORIGIN = "http://localhost:3000"
@@ -134,28 +135,6 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
     assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
-def open_socket(live: LiveStack, *, origin: str | None = ORIGIN, **kwargs: Any) -> Any:
-    return connect(
-        f"{live.ws_url}{PATH}",
-        origin=origin,
-        proxy=None,
-        open_timeout=TIMEOUT,
-        **kwargs,
-    )
-
-
-async def next_frame(ws: ClientConnection) -> dict[str, Any]:
-    message = await asyncio.wait_for(ws.recv(), TIMEOUT)
-    assert isinstance(message, str), f"not a text frame: {message!r}"
-    return json.loads(message)
-
-
-async def socket_id_of(ws: ClientConnection) -> str:
-    frame = await next_frame(ws)
-    assert frame["event"] == "socket-id", frame
-    return frame["data"]
-
-
 async def expect_error(ws: ClientConnection, code: str) -> None:
     frame = await next_frame(ws)
     assert frame["event"] == "error", frame
@@ -175,26 +154,6 @@ async def expect_closed(ws: ClientConnection, code: int) -> None:
             await asyncio.wait_for(ws.recv(), TIMEOUT)
     assert closed.value.rcvd is not None, "closed without a close frame"
     assert closed.value.rcvd.code == code, closed.value
-
-
-async def expect_nothing_more(ws: ClientConnection, socket_id: str) -> None:
-    """Check nothing else comes before a marker sent through the socket's group."""
-    marker = str(uuid.uuid4())
-    await get_channel_layer().group_send(
-        groups.socket_group(socket_id),
-        {"type": notify.MESSAGE_TYPE, "payment": {"id": marker, "version": 1}},
-    )
-    frame = await next_frame(ws)
-    assert frame == {"event": "payment-status", "data": {"id": marker, "version": 1}}
-
-
-async def create_payment(live: LiveStack, **body: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(
-        base_url=live.http_url, trust_env=False, timeout=TIMEOUT
-    ) as client:
-        response = await client.post("/api/payments/", json={"amount": 1000, **body})
-    assert response.status_code == 202, response.text
-    return response.json()
 
 
 async def settled(payments: list[dict[str, Any]]) -> None:
@@ -456,13 +415,6 @@ async def communicator() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
             await comm.disconnect(timeout=5)
     # Connections opened in database_sync_to_async's thread.
     await database_sync_to_async(connections.close_all)()
-
-
-@pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(settings.REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def expect_comm_error(comm: WebsocketCommunicator, code: str) -> None:

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from realtime.http_edge import LINGER
+from tests.helpers import wait_until
 from tests.live import HOST, LiveStack, database_url, live_stack, rss_bytes
 
 pytestmark = pytest.mark.e2e
@@ -109,14 +110,6 @@ def request_head(method: str, path: str, *headers: str) -> bytes:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout} s")
-        time.sleep(0.05)  # polling /proc, not synchronising on an event
 
 
 @pytest.fixture
@@ -215,7 +208,7 @@ def test_200_mb_body_is_refused_at_once_without_memory(
     assert response.headers["connection"] == "close"
     client.close()
     sender.join(TIMEOUT)
-    wait_for(lambda: open_fds(pid) <= fds_before, TIMEOUT, "the socket's release")
+    wait_until(lambda: open_fds(pid) <= fds_before, "the socket's release", TIMEOUT)
 
 
 def test_declared_body_over_limit_gets_no_100_continue(live: LiveStack) -> None:

@@ -18,10 +18,10 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connection
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from config.asgi import application
+from tests.helpers import next_frame, open_socket, socket_id_of
 from tests.live import HOST, LiveStack, database_url, live_stack
 
 CORS_ORIGIN = "http://localhost:3000"
@@ -43,38 +43,6 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
     assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
-def open_socket(
-    live: LiveStack,
-    path: str = "/ws/payments/",
-    *,
-    origin: str | None = CORS_ORIGIN,
-    host: str | None = None,
-    source: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    """Connect to the live server: ``host`` is the Host header, ``source`` ours."""
-    kwargs: dict[str, Any] = {}
-    if source is not None:
-        kwargs["local_addr"] = (source, 0)
-    return connect(
-        # The URI names the Host header; host= and port= where to connect.
-        f"ws://{host or f'{HOST}:{live.port}'}{path}",
-        host=HOST,
-        port=live.port,
-        origin=origin,
-        additional_headers=headers,
-        proxy=None,
-        open_timeout=TIMEOUT,
-        **kwargs,
-    )
-
-
-async def socket_id_of(ws: ClientConnection) -> str:
-    frame = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
-    assert frame["event"] == "socket-id", frame
-    return frame["data"]
-
-
 async def expect_refused(live: LiveStack, status: int = 403, **kwargs: Any) -> None:
     try:
         async with open_socket(live, **kwargs):
@@ -87,9 +55,7 @@ async def expect_served(live: LiveStack, **kwargs: Any) -> None:
     async with open_socket(live, **kwargs) as ws:
         await socket_id_of(ws)
         await ws.send(json.dumps({"action": "ping"}))
-        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {
-            "event": "pong"
-        }
+        assert await next_frame(ws) == {"event": "pong"}
 
 
 # Origins ---------------------------------------------------------------------------
