@@ -776,5 +776,5 @@ def test_a_second_worker_under_a_live_workers_id_refuses_to_start(start_stack):
     assert "Traceback" not in twin.output()
     assert live.returncode is None
     # The live worker still serves.
-    payment = create_payment(stack)
+    payment = create_payment_sync(stack)
     wait_until(lambda: all_terminal([payment["id"]]), "the payment settled")
