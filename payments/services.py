@@ -19,6 +19,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from ops import metrics
+from ops.request_id import current_request_id
 from payments import outbox, selectors, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
@@ -79,7 +81,10 @@ def payment_create(
         )
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
-        tasks.process_payment.enqueue(payment_id=str(payment.id))
+        tasks.process_payment.enqueue(
+            payment_id=str(payment.id), request_id=current_request_id()
+        )
+    metrics.PAYMENTS_CREATED.inc()
     logger.info("payment created id=%s amount=%s %s", payment.id, amount, currency)
     return payment
 
@@ -109,6 +114,9 @@ def _payment_transition(
         )
         if not updated:
             return None
+        # Since when the payment was in from_status, when that is known
+        # without a query: the caller's copy, or pending's one start.
+        entered_at = current.updated_at if current is not None else None
         if current is not None:
             payment = copy.copy(current)
             payment.status, payment.version, payment.updated_at = (
@@ -120,12 +128,26 @@ def _payment_transition(
                 setattr(payment, name, value)
         else:
             payment = Payment.objects.get(pk=payment_id)
+            if from_status == PaymentStatus.PENDING:
+                entered_at = payment.created_at
         event = PaymentEvent.objects.create(
             payment=payment,
             from_status=from_status,
             to_status=to_status,
             version=payment.version,
             detail=detail or {},
+        )
+        # Counted before the push: once a client sees it, the figure has moved.
+        transaction.on_commit(
+            lambda: metrics.observe_transition(
+                from_status=from_status,
+                to_status=to_status,
+                terminal=payment.is_terminal,
+                now=now,
+                created_at=payment.created_at,
+                entered_at=entered_at,
+            ),
+            robust=True,
         )
         transaction.on_commit(lambda: _notify(payment, [event.pk]), robust=True)
     logger.info("payment %s %s → %s", payment_id, from_status, to_status)
@@ -283,7 +305,7 @@ def _payment_apply_result(
             )
             tasks.refresh_payment.using(
                 run_after=timezone.now() + timedelta(seconds=result.retry_after)
-            ).enqueue(payment_id=str(payment.id))
+            ).enqueue(payment_id=str(payment.id), request_id=current_request_id())
 
 
 def payment_recover_stuck(*, limit: int = 500) -> int:
