@@ -47,6 +47,12 @@ class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
 
 
+def _traced() -> dict[str, str]:
+    """A job's ``request_id`` argument: the current request's, if any."""
+    request_id = current_request_id()
+    return {"request_id": request_id} if request_id else {}
+
+
 def _stuck_deadline(after: float = 0.0) -> datetime:
     return timezone.now() + timedelta(seconds=after + settings.PAYMENTS_STUCK_AFTER)
 
@@ -81,9 +87,7 @@ def payment_create(
         )
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
-        tasks.process_payment.enqueue(
-            payment_id=str(payment.id), request_id=current_request_id()
-        )
+        tasks.process_payment.enqueue(payment_id=str(payment.id), **_traced())
     metrics.PAYMENTS_CREATED.inc()
     logger.info("payment created id=%s amount=%s %s", payment.id, amount, currency)
     return payment
@@ -137,21 +141,31 @@ def _payment_transition(
             version=payment.version,
             detail=detail or {},
         )
-        # Counted before the push: once a client sees it, the figure has moved.
         transaction.on_commit(
-            lambda: metrics.observe_transition(
-                from_status=from_status,
-                to_status=to_status,
-                terminal=payment.is_terminal,
-                now=now,
-                created_at=payment.created_at,
-                entered_at=entered_at,
-            ),
+            lambda: _committed(payment, event.pk, from_status, entered_at, now),
             robust=True,
         )
-        transaction.on_commit(lambda: _notify(payment, [event.pk]), robust=True)
     logger.info("payment %s %s → %s", payment_id, from_status, to_status)
     return payment
+
+
+def _committed(
+    payment: Payment,
+    event_id: int,
+    from_status: str,
+    entered_at: datetime | None,
+    now: datetime,
+) -> None:
+    # Counted before the push: once a client sees it, the figures have moved.
+    metrics.observe_transition(
+        from_status=from_status,
+        to_status=payment.status,
+        terminal=payment.is_terminal,
+        now=now,
+        created_at=payment.created_at,
+        entered_at=entered_at,
+    )
+    _notify(payment, [event_id])
 
 
 def _notify(payment: Payment, event_ids: list[int]) -> bool:
@@ -305,7 +319,7 @@ def _payment_apply_result(
             )
             tasks.refresh_payment.using(
                 run_after=timezone.now() + timedelta(seconds=result.retry_after)
-            ).enqueue(payment_id=str(payment.id), request_id=current_request_id())
+            ).enqueue(payment_id=str(payment.id), **_traced())
 
 
 def payment_recover_stuck(*, limit: int = 500) -> int:
