@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,10 +13,12 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
+from prometheus_client import REGISTRY
 
 from ops import readiness
 from payments.heartbeat import heartbeat_register
 from payments.models import WorkerHeartbeat
+from payments.throttling import PaymentCreateAnonThrottle
 from realtime.server import AccessLog
 from tests.live import free_port
 
@@ -226,6 +229,35 @@ def test_metrics_show_counters_and_database_figures(
         "tasks_oldest_ready_age_seconds",
     ):
         assert f"\n{name}" in text, name
+
+
+def test_throttle_refusals_are_counted_by_scope(
+    client: Client, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The class copies the rates from settings when DRF is imported.
+    monkeypatch.setattr(
+        PaymentCreateAnonThrottle, "THROTTLE_RATES", {"payments_create_anon": "1/hour"}
+    )
+    settings.CACHES = {
+        "default": {
+            **settings.CACHES["default"],
+            "KEY_PREFIX": f"test-ops-throttle-{uuid.uuid4().hex}",
+        }
+    }
+    sample = ("payments_throttled_requests_total", {"scope": "payments_create_anon"})
+    before = REGISTRY.get_sample_value(*sample) or 0.0
+
+    answers = [
+        client.post(
+            "/api/payments/",
+            {"amount": 1000, "payment_method": "pm_card_visa"},
+            content_type="application/json",
+        ).status_code
+        for _ in range(3)
+    ]
+
+    assert answers == [202, 429, 429]
+    assert REGISTRY.get_sample_value(*sample) == before + 2
 
 
 # Request ids ----------------------------------------------------------------
