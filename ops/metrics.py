@@ -27,7 +27,6 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from django.conf import settings
 from django.db.models import Min
-from django.tasks import TaskResultStatus
 from django.utils import timezone
 from prometheus_client import (
     REGISTRY,
@@ -195,6 +194,8 @@ class DatabaseCollector(Collector):
             value=_age(backlog, now),
         )
 
+        # Ready jobs only: django-tasks-db indexes them (a partial index on
+        # READY); finished ones, kept until pruned, are never counted.
         ready = DBTaskResult.objects.ready()
         undeferred = (
             ready.filter(run_after=get_date_max())
@@ -213,11 +214,6 @@ class DatabaseCollector(Collector):
             "tasks_oldest_ready_age_seconds",
             "Seconds the longest-waiting ready job has waited (0: none).",
             value=max(_age(undeferred, now), _age(deferred, now)),
-        )
-        yield GaugeMetricFamily(
-            "tasks_running",
-            "Jobs claimed by a worker and not finished.",
-            value=DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING).count(),
         )
 
         yield GaugeMetricFamily(

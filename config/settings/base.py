@@ -232,8 +232,10 @@ CORS_ALLOW_HEADERS = (
     "idempotency-key",
     "x-client-secret",
     "x-csrftoken",
+    "x-request-id",
 )
-CORS_EXPOSE_HEADERS = ("location", "retry-after")
+# X-Request-ID: a page can quote the id of a failed request (ops.request_id).
+CORS_EXPOSE_HEADERS = ("location", "retry-after", "x-request-id")
 
 # CHANNELS
 # ------------------------------------------------------------------------------
