@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from django.conf import settings
 from websockets.asyncio.client import connect
 
-from tests.live import LiveStack, checked_stack, free_port
+from tests.live import LiveStack, checked_stack, free_port, live_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -182,3 +183,36 @@ def json_lines(output: str) -> list[dict[str, Any]]:
         lines.append(line)
     assert lines
     return lines
+
+
+def test_readyz_names_an_unreachable_database_and_healthz_still_answers(
+    isolated_channel_layer: str,
+) -> None:
+    # PostgreSQL on a port nobody listens on; no pool, so it fails at once.
+    away = f"postgres://nobody:pw-never-shown@127.0.0.1:{free_port()}/nothing"
+    with live_stack(
+        database_url=away,
+        redis_url=settings.REDIS_URL,
+        channels_prefix=isolated_channel_layer,
+        worker=False,
+        DJANGO_DB_POOL="false",
+    ) as stack:
+        ready = httpx.get(f"{stack.http_url}/readyz", timeout=TIMEOUT)
+        alive = httpx.get(f"{stack.http_url}/healthz", timeout=TIMEOUT)
+
+    assert alive.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {
+        "database": {
+            "status": "error",
+            "reason": "database unreachable: OperationalError",
+        },
+        "channel_layer": {"status": "ok"},
+        "workers": {"status": "error", "reason": "not checked: database unreachable"},
+        "migrations": {
+            "status": "error",
+            "reason": "not checked: database unreachable",
+        },
+    }
+    assert "pw-never-shown" not in ready.text
+    assert "Traceback" not in stack.web.output()
