@@ -35,7 +35,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
-from realtime.http_edge import LimitedHTTPFactory
+from realtime.http_edge import LimitedHTTPFactory, replying
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,16 @@ WEBSOCKET_ACTIONS = {
     "disconnected": "WSDISCONNECT",
 }
 access_logger = logging.getLogger("realtime.access")
+REQUEST_ID_HEADER = b"X-Request-ID"
+
+
+def _answered_request_id() -> str | None:
+    """The X-Request-ID of the response being completed (ops.request_id set it)."""
+    request = replying.get()
+    if request is None:
+        return None
+    values = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
+    return values[0].decode("latin-1") if values else None
 
 
 class AccessLog:
@@ -134,7 +144,9 @@ class AccessLog:
                     "status": status,
                     "size": details.get("size"),
                     "client": client,
-                    "duration": details.get("time_taken"),
+                    "duration_seconds": details.get("time_taken"),
+                    # The application's lines for this request carry it too.
+                    "request_id": _answered_request_id(),
                 },
             )
         elif protocol == "websocket" and action in WEBSOCKET_ACTIONS:

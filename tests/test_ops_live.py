@@ -159,6 +159,13 @@ async def test_one_request_id_follows_a_payment_across_processes(
     web_lines = [line for line in web if line["request_id"] == request_id]
     worker_lines = [line for line in worker if line["request_id"] == request_id]
     assert any("payment created" in line["message"] for line in web_lines), web
+    # The access log's line for the POST, written by the server, says it too.
+    [access] = [line for line in web_lines if line["logger"] == "realtime.access"]
+    assert (access["method"], access["path"], access["status"]) == (
+        "POST",
+        "/api/payments/",
+        202,
+    )
     # Both transitions the job made, pending → processing → succeeded.
     assert [line["message"] for line in worker_lines if "→" in line["message"]] == [
         f"payment {payment['id']} pending → processing",
