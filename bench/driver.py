@@ -5,7 +5,7 @@ settings (``python -m bench.driver COMMAND ... --out FILE``).
   sockets, then move each pending → processing → succeeded with
   ``payments.services``, exactly the worker's code path (transaction, then
   on_commit → ``realtime.notify`` → ``group_send``). The
-  moment the commit returned is recorded (entry of ``services._notify``, the
+  moment the commit returned is recorded (entry of ``services.payment_notify``, the
   on_commit callback), plus the start and end of the channel-layer send.
 - ``fanout``: push payment-status messages to socket groups (or one payment
   group) as fast as a persistent event loop can, through the configured
@@ -67,13 +67,13 @@ def cmd_transitions(args: argparse.Namespace) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
 
-    original_notify = services._notify
+    original_notify = services.payment_notify
     original_send = notify.payment_status_changed
 
-    def timed_notify(payment: Any, event_ids: list[int]) -> bool:
+    def timed_notify(*, payment: Any, event_ids: list[int]) -> bool:
         # Called by on_commit right after COMMIT returned.
         current["t_commit"] = time.time()
-        sent = original_notify(payment, event_ids)
+        sent = original_notify(payment=payment, event_ids=event_ids)
         current["t_notified"] = time.time()
         return sent
 
@@ -84,7 +84,7 @@ def cmd_transitions(args: argparse.Namespace) -> dict[str, Any]:
         current["sent"] = sent
         return sent
 
-    services._notify = timed_notify
+    services.payment_notify = timed_notify
     notify.payment_status_changed = timed_send
 
     payments = [
@@ -210,8 +210,9 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
     from channels.layers import get_channel_layer
     from django.utils import timezone
 
+    from payments.api.serializers import PaymentOutputSerializer
     from payments.models import Payment
-    from payments.serializers import PaymentOutputSerializer, payment_public_data
+    from payments.payloads import payment_public_data
     from realtime import notify
 
     now = timezone.now()
@@ -236,7 +237,7 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
         "drf_serialize": _timeit(
             lambda: dict(PaymentOutputSerializer(payment).data), seconds
         ),
-        # What the push path uses instead (payments.serializers).
+        # What the push path uses instead (payments.payloads).
         "public_data": _timeit(lambda: payment_public_data(payment), seconds),
         # What AsyncJsonWebsocketConsumer.encode_json does today.
         "json_dumps": _timeit(

@@ -8,7 +8,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
-from payments.apis import AuthTokenApi, PaymentListCreateApi
+from payments.api.apis import AuthTokenApi, PaymentListCreateApi
 from realtime.views import index
 
 # Swagger UI's page has an inline script and style and data: icons; only this
@@ -29,7 +29,7 @@ urlpatterns = [
         RedirectView.as_view(url=static("realtime/favicon.svg"), permanent=True),
     ),
     path("admin/", admin.site.urls),
-    path("api/payments/", include("payments.urls")),
+    path("api/payments/", include("payments.api.urls")),
     # The create route without its slash is served too (as the seed route
     # is): a redirect to add it would lose the POST's body. One spelling in
     # the schema (schema=None leaves this one out).

@@ -174,8 +174,8 @@ class DatabaseCollector(Collector):
     def _figures(self) -> Iterator[GaugeMetricFamily]:
         from django_tasks_db.models import DBTaskResult, get_date_max
 
-        from payments.heartbeat import workers_alive
         from payments.models import PaymentEvent, WorkerHeartbeat
+        from payments.worker.heartbeat import workers_alive
 
         # This process's clock; the heartbeats are judged by the database's,
         # so an age here may be off by the skew between the two.

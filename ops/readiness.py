@@ -18,7 +18,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from redis.sentinel import Sentinel
 
-from payments.heartbeat import workers_alive
+from payments.worker.heartbeat import workers_alive
 
 # Seconds a probe waits for Redis: well under a balancer's check timeout.
 REDIS_TIMEOUT = 1.0

@@ -8,6 +8,8 @@ class PaymentsConfig(AppConfig):
     def ready(self) -> None:
         from django.tasks.signals import task_enqueued
 
-        from payments import wakeup
+        from payments.worker import wakeup
 
-        task_enqueued.connect(wakeup.on_task_enqueued, dispatch_uid="payments.wakeup")
+        task_enqueued.connect(
+            wakeup.on_task_enqueued, dispatch_uid="payments.worker.wakeup"
+        )

@@ -176,7 +176,7 @@ class IdempotencyKey(models.Model):
 
 
 class WorkerHeartbeat(models.Model):
-    """A running db_worker's lease (payments.heartbeat); one row per worker id.
+    """A running db_worker's lease (payments.worker.heartbeat); one row per worker id.
 
     django-tasks-db records which worker claimed a job but not whether that
     worker still runs; this row says so. Both times are the database's clock.

@@ -5,7 +5,8 @@ does not push it again. Marked one by one, that is a write transaction per
 change after its push: on SQLite, two turns a payment at the database's
 single write lock. The worker marks in batches instead: the pushing thread
 only notes the ids, and a thread of its own writes them all in one UPDATE
-every PAYMENTS_NOTIFIED_MARK_INTERVAL seconds. Marks not yet written when
+every PAYMENTS_NOTIFIED_MARK_INTERVAL seconds
+(payments.worker.mark_writer). Marks not yet written when
 the worker dies are lost, so those changes are pushed again by recovery:
 sockets drop versions they already have, so at worst a duplicate frame is
 sent and dropped, never a change lost. Elsewhere (the web process, scripts)
@@ -14,18 +15,12 @@ a mark is written at once, as before.
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
-from django.conf import settings
 from django.utils import timezone
 
-from payments.background import PeriodicThread
 from payments.models import PaymentEvent
-
-logger = logging.getLogger(__name__)
 
 
 class NotifiedMarks:
@@ -85,39 +80,3 @@ def _write(event_ids: list[int]) -> None:
 
 
 marks = NotifiedMarks()
-
-
-class MarkWriter(PeriodicThread):
-    """Flush ``marks`` every ``interval`` seconds, and once more when stopped.
-
-    A failed flush keeps its marks for the next round (up to MAX_PENDING);
-    recovery re-pushes whatever is never marked.
-    """
-
-    def __init__(self, interval: float) -> None:
-        super().__init__(
-            name="payments-notified-marks",
-            interval=interval,
-            work=marks.flush,
-            first_at_once=False,
-            last_on_stop=True,
-        )
-
-
-@contextmanager
-def marks_batched(interval: float | None = None) -> Iterator[MarkWriter]:
-    """Batch the marks of this process while inside; write the last on exit."""
-    writer = MarkWriter(interval or settings.PAYMENTS_NOTIFIED_MARK_INTERVAL)
-    marks.start_batching()
-    writer.start()
-    try:
-        yield writer
-    finally:
-        writer.stop()
-        marks.stop_batching()
-        # Whatever was added while the writer made its last flush; a
-        # database away at shutdown leaves them to recovery, not a traceback.
-        try:
-            marks.flush()
-        except Exception:
-            logger.exception("writing the last marks failed; recovery re-pushes")

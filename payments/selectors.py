@@ -9,9 +9,7 @@ from django.db.models import QuerySet
 from django.tasks import TaskResultStatus
 from django.utils.crypto import constant_time_compare
 from django_tasks_db.models import DBTaskResult
-from rest_framework.exceptions import ValidationError
 
-from payments.filters import PaymentFilter
 from payments.models import Payment
 
 
@@ -63,7 +61,7 @@ def payment_public_data(
     *, payment_id: Any, client_secret: str | None = None, user: Any = None
 ) -> dict[str, Any] | None:
     """Return the payment as a payment-status frame carries it, if visible."""
-    from payments.serializers import payment_public_data as public_data
+    from payments.payloads import payment_public_data as public_data
 
     payment = payment_get_visible(
         payment_id=payment_id, client_secret=client_secret, user=user
@@ -73,18 +71,12 @@ def payment_public_data(
     return public_data(payment)
 
 
-def payment_list(*, user: Any, filters: Any = None) -> QuerySet[Payment]:
-    """Return the payments ``user`` may list (their own; staff: all), filtered.
-
-    Raises ValidationError naming the filter when a filter value is invalid.
-    """
+def payment_list(*, user: Any) -> QuerySet[Payment]:
+    """Return the payments ``user`` may list: their own; staff: all."""
     queryset = Payment.objects.all()
     if not user.is_staff:
         queryset = queryset.filter(user=user)
-    filterset = PaymentFilter(filters or {}, queryset=queryset)
-    if not filterset.is_valid():
-        raise ValidationError(filterset.errors)
-    return filterset.qs
+    return queryset
 
 
 def payment_ids_with_open_job(*, payment_ids: list[Any]) -> set[str]:

@@ -21,10 +21,10 @@ from django.utils import timezone
 
 from ops import metrics
 from ops.request_id import current_request_id
-from payments import outbox, selectors, tasks
+from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
-from payments.serializers import payment_public_data
+from payments.payloads import payment_public_data
 from realtime import notify
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def _traced() -> dict[str, str]:
     return {"request_id": request_id} if request_id else {}
 
 
-def _stuck_deadline(after: float = 0.0) -> datetime:
+def stuck_deadline(after: float = 0.0) -> datetime:
+    """When a payment still open is taken for stuck (recovery looks again)."""
     return timezone.now() + timedelta(seconds=after + settings.PAYMENTS_STUCK_AFTER)
 
 
@@ -75,7 +76,7 @@ def payment_create(
             description=description,
             socket_id=socket_id,
             user=user if user is not None and user.is_authenticated else None,
-            recheck_at=_stuck_deadline(),
+            recheck_at=stuck_deadline(),
         )
         # Creation is not pushed (the response carries it): born notified.
         PaymentEvent.objects.create(
@@ -165,10 +166,10 @@ def _committed(
         created_at=payment.created_at,
         entered_at=entered_at,
     )
-    _notify(payment, [event_id])
+    payment_notify(payment=payment, event_ids=[event_id])
 
 
-def _notify(payment: Payment, event_ids: list[int]) -> bool:
+def payment_notify(*, payment: Payment, event_ids: list[int]) -> bool:
     """Push the payment's state; mark the events it covers as notified.
 
     The marks are written at once, or in db_worker in batches (outbox).
@@ -189,7 +190,7 @@ def payment_start_processing(*, payment_id: uuid.UUID | str) -> Payment | None:
         payment_id=payment_id,
         from_status=PaymentStatus.PENDING,
         to_status=PaymentStatus.PROCESSING,
-        recheck_at=_stuck_deadline(),
+        recheck_at=stuck_deadline(),
     )
 
 
@@ -315,74 +316,8 @@ def _payment_apply_result(
             # Not settled yet: ask again later in a deferred job, so no worker
             # sits waiting for the provider.
             Payment.objects.filter(pk=payment.id).update(
-                recheck_at=_stuck_deadline(result.retry_after)
+                recheck_at=stuck_deadline(result.retry_after)
             )
             tasks.refresh_payment.using(
                 run_after=timezone.now() + timedelta(seconds=result.retry_after)
             ).enqueue(payment_id=str(payment.id), **_traced())
-
-
-def payment_recover_stuck(*, limit: int = 500) -> int:
-    """Enqueue processing again for payments whose job was lost; return how many.
-
-    A payment is stuck when it is still pending or processing past its
-    ``recheck_at`` and has no open job: none queued (READY, deferred ones
-    included) and none RUNNING. Its job then failed or is gone; a dead
-    worker's RUNNING job is recovery.tasks_release_abandoned's to re-run. A
-    payment past its deadline with an open job (a backlog, workers away) only
-    has its deadline moved on, so a backlog is never enqueued twice. Running
-    a job again is safe: transitions are conditional and the gateway charge
-    is idempotent on the payment id. Each payment is claimed by a conditional
-    UPDATE, so recovery running in several workers enqueues it once.
-    """
-    now = timezone.now()
-    candidates = list(
-        Payment.objects.filter(
-            status__in=[PaymentStatus.PENDING, PaymentStatus.PROCESSING],
-            recheck_at__lt=now,
-        )
-        .order_by("recheck_at")
-        .values_list("pk", "recheck_at")[:limit]
-    )
-    if not candidates:
-        return 0
-    # One statement, one snapshot: a job hands over to its follow-up (a
-    # deferred refresh) by enqueuing it before it finishes, so an open job
-    # is seen either way.
-    open_jobs = selectors.payment_ids_with_open_job(
-        payment_ids=[pk for pk, _ in candidates]
-    )
-    recovered = 0
-    for payment_id, recheck_at in candidates:
-        with transaction.atomic():
-            claimed = Payment.objects.filter(
-                pk=payment_id, recheck_at=recheck_at
-            ).update(recheck_at=_stuck_deadline())
-            if claimed and str(payment_id) not in open_jobs:
-                tasks.process_payment.enqueue(payment_id=str(payment_id))
-                recovered += 1
-                logger.warning("payment %s was stuck; processing again", payment_id)
-    return recovered
-
-
-def payment_events_redeliver(*, limit: int = 500) -> int:
-    """Push status changes whose first push failed; return payments pushed.
-
-    Each payment's current state is sent once for all its unsent changes;
-    sockets drop versions they already have.
-    """
-    # Changes this process pushed but has not marked yet are not unsent.
-    outbox.marks.flush()
-    cutoff = timezone.now() - timedelta(seconds=settings.PAYMENTS_REDELIVER_AFTER)
-    pending = PaymentEvent.objects.filter(
-        notified_at__isnull=True, created_at__lt=cutoff
-    ).values_list("pk", "payment_id")[:limit]
-    by_payment: dict[uuid.UUID, list[int]] = {}
-    for event_id, payment_id in pending:
-        by_payment.setdefault(payment_id, []).append(event_id)
-    pushed = 0
-    for payment in Payment.objects.filter(pk__in=by_payment):
-        if not _notify(payment, by_payment[payment.pk]):
-            break  # the channel layer is still away; try on the next round
-        pushed += 1
-    return pushed

@@ -44,13 +44,13 @@ from rest_framework.test import APIClient
 from websockets.asyncio.client import connect
 
 from config.asgi import application
-from payments.models import Payment, PaymentStatus
-from payments.throttling import (
+from payments.api.throttling import (
     AuthTokenThrottle,
     PaymentCreateAnonThrottle,
     PaymentCreateUserThrottle,
     counters,
 )
+from payments.models import Payment, PaymentStatus
 from tests.factories import PaymentFactory
 from tests.live import REPO_ROOT, LiveStack, database_url, free_port, live_stack
 

@@ -218,7 +218,7 @@ async def test_idle_worker_starts_jobs_without_waiting_for_its_poll(
 ) -> None:
     """The worker polls only every 60 s here, yet the payment settles at once.
 
-    The enqueue's commit publishes a wake-up (payments.wakeup) that the idle
+    The enqueue's commit publishes a wake-up (payments.worker.wakeup) that the idle
     worker waits on; a deferred job (the outcome, 0.5 s after the charge)
     runs when due, as the worker waits only until the earliest one is.
     Without them the frames would come a minute later, long after this

@@ -45,6 +45,7 @@ from payments.models import (
 )
 from realtime import groups, notify
 from tests.live import (
+    LiveProcess,
     LiveStack,
     database_url,
     free_port,
@@ -707,7 +708,7 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
         (t.status, t.exception_class_path, t.worker_ids) for t in tasks_of(ids)
     )
     assert jobs == [
-        ("FAILED", "payments.recovery.AbandonedTaskError", ["db_worker"]),
+        ("FAILED", "payments.worker.recovery.AbandonedTaskError", ["db_worker"]),
         ("SUCCESSFUL", "", ["db_worker-2"]),
     ], jobs
     assert_settled_once([payment], ["pm_card_visa"])
@@ -778,3 +779,33 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
         "process_payment": 1,
         "refresh_payment": 0,
     }
+
+
+def test_a_second_worker_under_a_live_workers_id_refuses_to_start(start_stack):
+    """Its start would release the live worker's jobs: two runs of one job."""
+    stack = start_stack()
+    live = stack.worker
+    assert live is not None
+    wait_until(
+        lambda: WorkerHeartbeat.objects.filter(worker_id=live.name).exists(),
+        "the live worker's lease",
+    )
+    twin = LiveProcess(
+        "db_worker-twin",
+        ["manage.py", "db_worker", "--no-reload", "--worker-id", live.name],
+        # It waits out the lease of a dead process first: two seconds here.
+        {
+            **stack.env,
+            "TASKS_WORKER_DEAD_AFTER": "2",
+            "TASKS_WORKER_HEARTBEAT_INTERVAL": "0.5",
+        },
+    )
+    twin.ended_by_test = True  # its exit is the point
+    stack.history.append(twin)
+    assert twin.wait(timeout=3 * TIMEOUT) != 0  # a start under load is slow
+    assert "a live worker holds this id's lease" in twin.output()
+    assert "Traceback" not in twin.output()
+    assert live.returncode is None
+    # The live worker still serves.
+    payment = create_payment(stack)
+    wait_until(lambda: all_terminal([payment["id"]]), "the payment settled")

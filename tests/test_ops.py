@@ -16,9 +16,9 @@ from django_tasks_db.models import DBTaskResult
 from prometheus_client import REGISTRY
 
 from ops import readiness
-from payments.heartbeat import heartbeat_register
+from payments.api.throttling import PaymentCreateAnonThrottle
 from payments.models import WorkerHeartbeat
-from payments.throttling import PaymentCreateAnonThrottle
+from payments.worker.heartbeat import heartbeat_register
 from realtime.server import AccessLog
 from tests.live import free_port
 

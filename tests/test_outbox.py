@@ -9,6 +9,7 @@ from django.db import OperationalError
 
 from payments import outbox, services
 from payments.models import PaymentEvent, PaymentStatus
+from payments.worker import mark_writer, recovery
 from tests.factories import PaymentFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +32,7 @@ def test_batched_marks_are_written_by_a_flush_and_on_exit():
     second = PaymentFactory(status=PaymentStatus.PENDING)
 
     # An interval no test waits for: only flush() and the exit write.
-    with outbox.marks_batched(interval=3600):
+    with mark_writer.marks_batched(interval=3600):
         services.payment_start_processing(payment_id=first.pk)
         assert processing_event(first.pk).notified_at is None
 
@@ -50,11 +51,11 @@ def test_redelivery_does_not_push_again_what_was_pushed_but_not_marked(settings)
     settings.PAYMENTS_REDELIVER_AFTER = 0
     payment = PaymentFactory(status=PaymentStatus.PENDING)
 
-    with outbox.marks_batched(interval=3600):
+    with mark_writer.marks_batched(interval=3600):
         services.payment_start_processing(payment_id=payment.pk)
         assert processing_event(payment.pk).notified_at is None
 
-        assert services.payment_events_redeliver() == 0
+        assert recovery.payment_events_redeliver() == 0
 
     assert processing_event(payment.pk).notified_at is not None
 
@@ -62,7 +63,7 @@ def test_redelivery_does_not_push_again_what_was_pushed_but_not_marked(settings)
 def test_the_writer_flushes_on_its_own_interval():
     payment = PaymentFactory(status=PaymentStatus.PENDING)
 
-    with outbox.marks_batched(interval=0.05):
+    with mark_writer.marks_batched(interval=0.05):
         services.payment_start_processing(payment_id=payment.pk)
         deadline = time.monotonic() + 10
         while processing_event(payment.pk).notified_at is None:
@@ -84,7 +85,7 @@ def test_a_failed_write_keeps_the_marks_for_the_next_flush(monkeypatch):
 
     monkeypatch.setattr(outbox.NotifiedMarks, "CHUNK", 2)
     monkeypatch.setattr(outbox, "_write", failing_once)
-    with outbox.marks_batched(interval=3600):
+    with mark_writer.marks_batched(interval=3600):
         for payment in payments:
             services.payment_start_processing(payment_id=payment.pk)
         with pytest.raises(OperationalError):

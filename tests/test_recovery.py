@@ -22,10 +22,11 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import heartbeat, outbox, services
-from payments.heartbeat import heartbeat_running
+from payments import services
 from payments.models import Payment, PaymentEvent, PaymentStatus, WorkerHeartbeat
-from payments.recovery import (
+from payments.worker import heartbeat, mark_writer, recovery
+from payments.worker.heartbeat import heartbeat_running
+from payments.worker.recovery import (
     RecoveryLoop,
     recover_once,
     tasks_release_abandoned,
@@ -85,12 +86,12 @@ def test_stuck_payment_is_enqueued_again_once(status):
     payment = PaymentFactory(status=status)
     stuck(payment)
 
-    assert services.payment_recover_stuck() == 1
+    assert recovery.payment_recover_stuck() == 1
     assert process_tasks_for(payment) == 1
     payment.refresh_from_db()
     assert payment.recheck_at > timezone.now()
     # The claim moved recheck_at on: a second round leaves it alone.
-    assert services.payment_recover_stuck() == 0
+    assert recovery.payment_recover_stuck() == 0
     assert process_tasks_for(payment) == 1
 
 
@@ -100,14 +101,14 @@ def test_stuck_payment_is_enqueued_again_once(status):
 )
 def test_terminal_payment_is_never_recovered(status):
     stuck(PaymentFactory(status=status))
-    assert services.payment_recover_stuck() == 0
+    assert recovery.payment_recover_stuck() == 0
     assert DBTaskResult.objects.count() == 0
 
 
 @pytest.mark.django_db
 def test_payment_within_its_deadline_is_left_alone(api_client):
     api_client.post("/api/payments/", {"amount": 1000}, format="json")
-    assert services.payment_recover_stuck() == 0
+    assert recovery.payment_recover_stuck() == 0
     assert DBTaskResult.objects.count() == 1
 
 
@@ -125,7 +126,7 @@ def test_recovered_job_completes_a_payment_stuck_in_processing_and_charges_once(
     DBTaskResult.objects.update(status=TaskResultStatus.FAILED)
     stuck(payment)
 
-    assert services.payment_recover_stuck() == 1
+    assert recovery.payment_recover_stuck() == 1
     services.payment_process(payment_id=payment.pk)
 
     payment.refresh_from_db()
@@ -148,7 +149,7 @@ def test_concurrent_recovery_rounds_enqueue_a_payment_once():
     def round_() -> None:
         try:
             barrier.wait(timeout=30)
-            totals.append(services.payment_recover_stuck())
+            totals.append(recovery.payment_recover_stuck())
         finally:
             connection.close()
 
@@ -205,7 +206,7 @@ def test_change_committed_while_redis_is_away_is_kept_and_pushed_later(
     with caplog.at_level(logging.WARNING, logger="realtime.notify"):
         moved = services.payment_start_processing(payment_id=payment.pk)
     # While Redis is away, re-pushing fails too and marks nothing.
-    assert services.payment_events_redeliver() == 0
+    assert recovery.payment_events_redeliver() == 0
     redis_away()
 
     assert moved is not None
@@ -223,7 +224,7 @@ def test_change_committed_while_redis_is_away_is_kept_and_pushed_later(
         layer = get_channel_layer()
         channel = await layer.new_channel()
         await layer.group_add(groups.payment_group(payment.pk), channel)
-        pushed = await sync_to_async(services.payment_events_redeliver)()
+        pushed = await sync_to_async(recovery.payment_events_redeliver)()
         return pushed, await asyncio.wait_for(layer.receive(channel), 5)
 
     pushed, message = async_to_sync(listen_and_redeliver)()
@@ -234,7 +235,7 @@ def test_change_committed_while_redis_is_away_is_kept_and_pushed_later(
     assert message["payment"]["version"] == 2
     event.refresh_from_db()
     assert event.notified_at is not None
-    assert services.payment_events_redeliver() == 0
+    assert recovery.payment_events_redeliver() == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -245,7 +246,7 @@ def test_pushed_change_is_marked_and_not_pushed_again(settings):
 
     event = PaymentEvent.objects.get(payment=payment, to_status="processing")
     assert event.notified_at is not None
-    assert services.payment_events_redeliver() == 0
+    assert recovery.payment_events_redeliver() == 0
 
 
 @pytest.mark.django_db
@@ -286,7 +287,7 @@ def test_job_left_running_by_a_dead_worker_is_released(settings):
     job.refresh_from_db()
     fresh.refresh_from_db()
     assert job.status == TaskResultStatus.FAILED
-    assert job.exception_class_path == "payments.recovery.AbandonedTaskError"
+    assert job.exception_class_path == "payments.worker.recovery.AbandonedTaskError"
     assert fresh.status == TaskResultStatus.RUNNING
     assert "1 abandoned jobs released" in out.getvalue()
 
@@ -295,14 +296,14 @@ def test_job_left_running_by_a_dead_worker_is_released(settings):
 def test_a_change_whose_push_failed_stays_unmarked_when_batching(redis_away):
     payment = PaymentFactory(status=PaymentStatus.PENDING)
 
-    with outbox.marks_batched(interval=3600):
+    with mark_writer.marks_batched(interval=3600):
         assert services.payment_start_processing(payment_id=payment.pk) is not None
 
     event = PaymentEvent.objects.get(payment=payment, to_status="processing")
     assert event.notified_at is None
 
 
-# Job-aware recovery and dead workers (payments.heartbeat) -----------------------
+# Job-aware recovery and dead workers (payments.worker.heartbeat) ----------------
 
 
 def job_for(
@@ -370,7 +371,7 @@ def test_payment_whose_job_ended_is_enqueued_again(finished):
     job_for(payment, status=finished)
     stuck(payment)
 
-    assert services.payment_recover_stuck() == 1
+    assert recovery.payment_recover_stuck() == 1
     assert process_tasks_for(payment) == 2
 
 
@@ -389,7 +390,9 @@ def test_job_of_a_dead_worker_is_failed_and_enqueued_again_at_once(settings):
 
     abandoned.refresh_from_db()
     assert abandoned.status == TaskResultStatus.FAILED
-    assert abandoned.exception_class_path == "payments.recovery.AbandonedTaskError"
+    assert abandoned.exception_class_path == (
+        "payments.worker.recovery.AbandonedTaskError"
+    )
     [again] = DBTaskResult.objects.exclude(pk=abandoned.pk)
     assert (again.status, again.task_path, again.args_kwargs) == (
         TaskResultStatus.READY,
@@ -434,6 +437,28 @@ def test_worker_without_a_heartbeat_keeps_the_started_at_rule(
     )
 
     assert tasks_release_abandoned() == released
+
+
+@pytest.mark.django_db
+def test_a_lease_is_claimed_new_or_lapsed_never_from_a_live_worker(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    assert heartbeat.heartbeat_claim(worker_id="w") is True
+    assert heartbeat.heartbeat_claim(worker_id="w") is False  # live: its own beat
+    beat("w", ago=60)
+    assert heartbeat.heartbeat_claim(worker_id="w") is True
+    lease = WorkerHeartbeat.objects.get(worker_id="w")
+    assert lease.beat_at > timezone.now() - timedelta(seconds=5)
+
+
+@pytest.mark.django_db
+def test_claiming_a_live_lease_gives_up_after_waiting_out_a_dead_ones(settings):
+    settings.TASKS_WORKER_DEAD_AFTER = 0.3
+    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.05
+    # A live worker keeps its lease current through the whole wait.
+    beat("w", ago=-60)
+    assert heartbeat.heartbeat_claim_waiting(worker_id="w") is False
+    beat("w", ago=0)  # a dead process's fresh lease: waited out, then taken
+    assert heartbeat.heartbeat_claim_waiting(worker_id="w") is True
 
 
 @pytest.mark.django_db

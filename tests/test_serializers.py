@@ -7,13 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from payments.models import PaymentStatus
-from payments.serializers import (
+from payments.api.serializers import (
     PaymentOutputSerializer,
     PaymentOwnerOutputSerializer,
-    payment_owner_data,
-    payment_public_data,
 )
+from payments.models import PaymentStatus
+from payments.payloads import payment_owner_data, payment_public_data
 from tests.factories import PaymentFactory
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from payments.models import (
     PaymentStatus,
     SimulatedCharge,
 )
-from payments.serializers import payment_owner_data
+from payments.payloads import payment_owner_data
 from payments.services import TRANSITIONS, InvalidTransitionError
 from tests.factories import PaymentFactory
 

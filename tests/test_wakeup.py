@@ -17,8 +17,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from payments import services, tasks, wakeup
-from payments.wakeup import WakeupListener
+from payments import services, tasks
+from payments.worker import wakeup
+from payments.worker.wakeup import WakeupListener
 from tests.live import REPO_ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -112,7 +113,7 @@ def test_listener_without_redis_falls_back_to_polling(settings, caplog) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     waiter = WakeupListener()
 
-    with caplog.at_level(logging.WARNING, logger="payments.wakeup"):
+    with caplog.at_level(logging.WARNING, logger="payments.worker.wakeup"):
         waiter.subscribe()
         waiter.wait(0.01)
         waiter.wait(0.01)

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments import services
-from payments.worker import WakeableWorker, keep_connections_between_jobs
+from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 
 
 def make_worker() -> WakeableWorker:

@@ -218,7 +218,7 @@ AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 # The address as the throttles see it (DJANGO_NUM_PROXIES), not a header
 # any client can send.
-AXES_CLIENT_IP_CALLABLE = "payments.throttling.client_address"
+AXES_CLIENT_IP_CALLABLE = "payments.api.throttling.client_address"
 AXES_DISABLE_ACCESS_LOG = True
 
 # CORS AND WEBSOCKET ORIGINS
@@ -295,7 +295,7 @@ CHANNEL_LAYERS = {
 # CACHES
 # ------------------------------------------------------------------------------
 # Throttle counters live on this Redis (LOCATION, KEY_PREFIX and the socket
-# timeouts are used; payments.throttling), shared by every web process. If
+# timeouts are used; payments.api.throttling), shared by every web process. If
 # Redis is away throttling lets requests through, never a 500.
 CACHES = {
     "default": {
@@ -321,7 +321,7 @@ TASKS_WAKEUP_CHANNEL = env(
     "TASKS_WAKEUP_CHANNEL",
     default=f"{CHANNEL_LAYERS['default']['CONFIG']['prefix']}:tasks-enqueued",
 )
-# Seconds between a db_worker's heartbeats (payments.heartbeat), and seconds
+# Seconds between a db_worker's heartbeats (payments.worker.heartbeat), and seconds
 # without one after which other workers take it as dead and run its jobs
 # again. A worker that cannot renew within TASKS_WORKER_DEAD_AFTER minus one
 # interval exits first. At least twice the interval. 10 s, not less: on two
@@ -359,7 +359,7 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "payments.exception_handler.api_exception_handler",
+    "EXCEPTION_HANDLER": "payments.api.exception_handler.api_exception_handler",
     "NON_FIELD_ERRORS_KEY": "body",
     "UNAUTHENTICATED_USER": None,
 }

@@ -14,10 +14,10 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from ops.metrics import serve_worker
-from payments import outbox
-from payments.heartbeat import heartbeat_running
-from payments.recovery import recovery_running, tasks_release_held_by
-from payments.worker import WakeableWorker
+from payments.worker import mark_writer
+from payments.worker.heartbeat import heartbeat_claim_waiting, heartbeat_running
+from payments.worker.recovery import recovery_running, tasks_release_held_by
+from payments.worker.worker import WakeableWorker
 
 
 class Command(DBWorkerCommand):
@@ -30,8 +30,13 @@ class Command(DBWorkerCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         worker_id = options["worker_id"]
-        # Before the lease is renewed under this id: what a previous process
-        # of the same id left RUNNING is nobody's now.
+        if not heartbeat_claim_waiting(worker_id=worker_id):
+            raise CommandError(
+                f"--worker-id {worker_id}: a live worker holds this id's lease; "
+                "give each worker its own id."
+            )
+        # The lease is ours: what a previous process of the same id left
+        # RUNNING is nobody's now.
         tasks_release_held_by(worker_id)
         # Its counters live in this process: served here (METRICS_WORKER_PORT).
         metrics_server = serve_worker()
@@ -39,7 +44,7 @@ class Command(DBWorkerCommand):
             with (
                 heartbeat_running(worker_id),
                 recovery_running(),
-                outbox.marks_batched(),
+                mark_writer.marks_batched(),
             ):
                 if options["batch"]:
                     # Runs what is queued and exits: nothing to wait for.

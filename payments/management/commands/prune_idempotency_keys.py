@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from payments.idempotency import idempotency_keys_prune
+from payments.api.idempotency import idempotency_keys_prune
 
 
 class Command(BaseCommand):

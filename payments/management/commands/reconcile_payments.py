@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from payments.recovery import recover_once
+from payments.worker.recovery import recover_once
 
 
 class Command(BaseCommand):

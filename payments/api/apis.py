@@ -7,33 +7,32 @@ from typing import Any
 from axes.helpers import get_cool_off
 from django.conf import settings
 from django.urls import reverse
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.exceptions import NotFound, ParseError, Throttled, ValidationError
-from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from payments import idempotency, openapi, selectors, services
-from payments.filters import datetime_in_utc
-from payments.models import Payment
-from payments.serializers import (
+from payments import selectors, services
+from payments.api import idempotency, openapi
+from payments.api.filters import PaymentFilter
+from payments.api.pagination import PaymentPagination
+from payments.api.serializers import (
     AuthTokenInputSerializer,
     PaymentCreateInputSerializer,
     PaymentOutputSerializer,
     PaymentOwnerOutputSerializer,
     SeedPaymentInputSerializer,
-    payment_owner_data,
-    payment_public_data,
 )
-from payments.throttling import (
+from payments.api.throttling import (
     AuthTokenThrottle,
     PaymentCreateAnonThrottle,
     PaymentCreateUserThrottle,
 )
+from payments.models import Payment
+from payments.payloads import payment_owner_data, payment_public_data
 
 
 def _request_data(request: Request) -> Any:
@@ -97,49 +96,6 @@ class BasePaymentCreateApi(APIView):
         return response
 
 
-class PaymentPagination(CursorPagination):
-    """Cursor pages; a bad page_size or cursor is a 400 naming it, not ignored."""
-
-    ordering = "-created_at"
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    invalid_cursor_message = "Not a cursor from a next or previous link."
-
-    def get_page_size(self, request: Request) -> int:
-        raw = request.query_params.get(self.page_size_query_param, "")
-        if raw == "":
-            return self.page_size
-        # Digits only (no sign, no spaces, no other scripts' digits), and few
-        # of them: int() of thousands of digits is itself an error.
-        size = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
-        if not 1 <= size <= self.max_page_size:
-            raise ValidationError(
-                {
-                    self.page_size_query_param: [
-                        f"Must be an integer from 1 to {self.max_page_size}."
-                    ]
-                }
-            )
-        return size
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        try:
-            cursor = super().decode_cursor(request)
-            # The position is compared with created_at: it must be a datetime.
-            if cursor is not None and cursor.position is not None:
-                position = parse_datetime(cursor.position)
-                in_utc = None if position is None else datetime_in_utc(position)
-                if in_utc is None:
-                    raise ValueError(cursor.position)
-                cursor = cursor._replace(position=in_utc.isoformat())
-        except (NotFound, ValueError):
-            raise ValidationError(
-                {self.cursor_query_param: [self.invalid_cursor_message]}
-            ) from None
-        return cursor
-
-
 class PaymentListCreateApi(BasePaymentCreateApi):
     """List your payments (GET); accept a payment for processing (POST).
 
@@ -175,9 +131,12 @@ class PaymentListCreateApi(BasePaymentCreateApi):
         responses={200: openapi.PAYMENT_PAGE, **openapi.errors(400, 401, 403)},
     )
     def get(self, request: Request) -> Response:
-        payments = selectors.payment_list(
-            user=request.user, filters=request.query_params
+        filterset = PaymentFilter(
+            request.query_params, queryset=selectors.payment_list(user=request.user)
         )
+        if not filterset.is_valid():
+            raise ValidationError(filterset.errors)
+        payments = filterset.qs
         paginator = PaymentPagination()
         page = paginator.paginate_queryset(payments, request, view=self)
         return paginator.get_paginated_response(

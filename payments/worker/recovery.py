@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -14,8 +15,10 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import heartbeat, services
-from payments.background import PeriodicThread
+from payments import outbox, selectors, services, tasks
+from payments.models import Payment, PaymentEvent, PaymentStatus
+from payments.worker import heartbeat
+from payments.worker.periodic import PeriodicThread
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,74 @@ class RecoveryRound(NamedTuple):
 
 
 PAYMENT_TASKS = "payments.tasks."
+
+
+def payment_recover_stuck(*, limit: int = 500) -> int:
+    """Enqueue processing again for payments whose job was lost; return how many.
+
+    A payment is stuck when it is still pending or processing past its
+    ``recheck_at`` and has no open job: none queued (READY, deferred ones
+    included) and none RUNNING. Its job then failed or is gone; a dead
+    worker's RUNNING job is recovery.tasks_release_abandoned's to re-run. A
+    payment past its deadline with an open job (a backlog, workers away) only
+    has its deadline moved on, so a backlog is never enqueued twice. Running
+    a job again is safe: transitions are conditional and the gateway charge
+    is idempotent on the payment id. Each payment is claimed by a conditional
+    UPDATE, so recovery running in several workers enqueues it once.
+    """
+    now = timezone.now()
+    candidates = list(
+        Payment.objects.filter(
+            status__in=[PaymentStatus.PENDING, PaymentStatus.PROCESSING],
+            recheck_at__lt=now,
+        )
+        .order_by("recheck_at")
+        .values_list("pk", "recheck_at")[:limit]
+    )
+    if not candidates:
+        return 0
+    # One statement, one snapshot: a job hands over to its follow-up (a
+    # deferred refresh) by enqueuing it before it finishes, so an open job
+    # is seen either way.
+    open_jobs = selectors.payment_ids_with_open_job(
+        payment_ids=[pk for pk, _ in candidates]
+    )
+    recovered = 0
+    for payment_id, recheck_at in candidates:
+        with transaction.atomic():
+            claimed = Payment.objects.filter(
+                pk=payment_id, recheck_at=recheck_at
+            ).update(recheck_at=services.stuck_deadline())
+            if claimed and str(payment_id) not in open_jobs:
+                tasks.process_payment.enqueue(payment_id=str(payment_id))
+                recovered += 1
+                logger.warning("payment %s was stuck; processing again", payment_id)
+    return recovered
+
+
+def payment_events_redeliver(*, limit: int = 500) -> int:
+    """Push status changes whose first push failed; return payments pushed.
+
+    Each payment's current state is sent once for all its unsent changes;
+    sockets drop versions they already have.
+    """
+    # Changes this process pushed but has not marked yet are not unsent.
+    outbox.marks.flush()
+    cutoff = timezone.now() - timedelta(seconds=settings.PAYMENTS_REDELIVER_AFTER)
+    pending = PaymentEvent.objects.filter(
+        notified_at__isnull=True, created_at__lt=cutoff
+    ).values_list("pk", "payment_id")[:limit]
+    by_payment: dict[uuid.UUID, list[int]] = {}
+    for event_id, payment_id in pending:
+        by_payment.setdefault(payment_id, []).append(event_id)
+    pushed = 0
+    for payment in Payment.objects.filter(pk__in=by_payment):
+        if not services.payment_notify(
+            payment=payment, event_ids=by_payment[payment.pk]
+        ):
+            break  # the channel layer is still away; try on the next round
+        pushed += 1
+    return pushed
 
 
 def _running_payment_jobs() -> list[tuple[object, list[str], datetime]]:
@@ -76,7 +147,7 @@ def tasks_release_abandoned() -> int:
     """Run again the payment jobs whose worker died holding them; return how many.
 
     A RUNNING job belongs to the last of its worker_ids. It is abandoned when
-    that worker's heartbeat lapsed (TASKS_WORKER_DEAD_AFTER, payments.heartbeat),
+    that worker's heartbeat lapsed (TASKS_WORKER_DEAD_AFTER, payments.worker.heartbeat),
     or when the worker has no heartbeat row (stopped, or one that keeps none:
     django-tasks-db's own worker, a release from before heartbeats) and the
     job started over PAYMENTS_STUCK_AFTER ago. A live worker's job is never
@@ -123,8 +194,8 @@ def recover_once() -> RecoveryRound:
     released = tasks_release_abandoned()
     heartbeat.heartbeats_prune()
     return RecoveryRound(
-        recovered=services.payment_recover_stuck(),
-        pushed=services.payment_events_redeliver(),
+        recovered=payment_recover_stuck(),
+        pushed=payment_events_redeliver(),
         released=released,
     )
 

@@ -6,9 +6,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
 from rest_framework import serializers
 
-from payments.idempotency import HEADER as IDEMPOTENCY_HEADER
+from payments.api.idempotency import HEADER as IDEMPOTENCY_HEADER
+from payments.api.serializers import (
+    PaymentOutputSerializer,
+    PaymentOwnerOutputSerializer,
+)
 from payments.models import PaymentStatus
-from payments.serializers import PaymentOutputSerializer, PaymentOwnerOutputSerializer
 
 ERROR = inline_serializer(
     "Error",

@@ -17,7 +17,7 @@ from django_tasks_db.management.commands.db_worker import Worker, logger
 from django_tasks_db.models import DBTaskResult, get_date_max
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
-from payments.wakeup import WakeupListener
+from payments.worker.wakeup import WakeupListener
 
 
 def keep_connections_between_jobs() -> None:
@@ -42,7 +42,7 @@ class WakeableWorker(Worker):
 
     ``run`` is django-tasks-db 0.13's loop (requirements pin it) with one
     change: where the original sleeps ``interval`` after finding no job, this
-    waits on payments.wakeup until the next deferred job is due, at most
+    waits on payments.worker.wakeup until the next deferred job is due, at most
     ``interval``. Polling stays as the fallback, so ``--interval`` bounds the
     delay when a wake-up is lost.
     """

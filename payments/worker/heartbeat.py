@@ -70,6 +70,52 @@ def heartbeat_register(*, worker_id: str) -> None:
     )
 
 
+def heartbeat_claim(*, worker_id: str) -> bool:
+    """Take the lease of ``worker_id`` if no live worker holds it; True if taken.
+
+    A new id's row is created; a lapsed one (its worker dead or stopped
+    without dropping it) is taken over by one conditional UPDATE, so of two
+    processes started under one id at once, one gets it.
+    """
+    taken = WorkerHeartbeat.objects.filter(
+        worker_id=worker_id, beat_at__lt=_lease_start()
+    ).update(
+        hostname=socket.gethostname()[:255],
+        pid=os.getpid(),
+        started_at=Now(),
+        beat_at=Now(),
+    )
+    if taken:
+        return True
+    _, created = WorkerHeartbeat.objects.get_or_create(
+        worker_id=worker_id,
+        defaults={
+            "hostname": socket.gethostname()[:255],
+            "pid": os.getpid(),
+            "started_at": Now(),
+            "beat_at": Now(),
+        },
+    )
+    return created
+
+
+def heartbeat_claim_waiting(*, worker_id: str) -> bool:
+    """Claim the lease, waiting out one that may be a dead process's; True if taken.
+
+    A worker restarted at once under its id finds its old lease still
+    current for up to TASKS_WORKER_DEAD_AFTER seconds; a live worker under
+    the same id keeps renewing it, and then this gives up (False) rather
+    than release that worker's jobs to be run twice.
+    """
+    deadline = time.monotonic() + settings.TASKS_WORKER_DEAD_AFTER
+    deadline += 2 * settings.TASKS_WORKER_HEARTBEAT_INTERVAL
+    while not heartbeat_claim(worker_id=worker_id):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(settings.TASKS_WORKER_HEARTBEAT_INTERVAL)
+    return True
+
+
 def heartbeat_renew(*, worker_id: str, dead_after: float | None = None) -> bool:
     """Extend the lease; False if it had lapsed (other workers may own its jobs)."""
     return bool(

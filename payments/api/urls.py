@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from payments import apis
+from payments.api import apis
 
 app_name = "payments"
 

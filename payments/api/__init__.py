@@ -1,0 +1,1 @@
+"""The HTTP API (DRF): views, serializers, filters, throttles, idempotency."""

@@ -1,0 +1,1 @@
+"""The worker runtime: db_worker, wake-up, periodic threads, recovery, heartbeat."""
