@@ -19,6 +19,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from ops import metrics
+from ops.request_id import current_request_id
 from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
@@ -43,6 +45,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
+
+
+def _traced() -> dict[str, str]:
+    """A job's ``request_id`` argument: the current request's, if any."""
+    request_id = current_request_id()
+    return {"request_id": request_id} if request_id else {}
 
 
 def stuck_deadline(after: float = 0.0) -> datetime:
@@ -80,7 +88,8 @@ def payment_create(
         )
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
-        tasks.process_payment.enqueue(payment_id=str(payment.id))
+        tasks.process_payment.enqueue(payment_id=str(payment.id), **_traced())
+    metrics.PAYMENTS_CREATED.inc()
     logger.info("payment created id=%s amount=%s %s", payment.id, amount, currency)
     return payment
 
@@ -110,6 +119,9 @@ def _payment_transition(
         )
         if not updated:
             return None
+        # Since when the payment was in from_status, when that is known
+        # without a query: the caller's copy, or pending's one start.
+        entered_at = current.updated_at if current is not None else None
         if current is not None:
             payment = copy.copy(current)
             payment.status, payment.version, payment.updated_at = (
@@ -121,6 +133,8 @@ def _payment_transition(
                 setattr(payment, name, value)
         else:
             payment = Payment.objects.get(pk=payment_id)
+            if from_status == PaymentStatus.PENDING:
+                entered_at = payment.created_at
         event = PaymentEvent.objects.create(
             payment=payment,
             from_status=from_status,
@@ -129,10 +143,30 @@ def _payment_transition(
             detail=detail or {},
         )
         transaction.on_commit(
-            lambda: payment_notify(payment=payment, event_ids=[event.pk]), robust=True
+            lambda: _committed(payment, event.pk, from_status, entered_at, now),
+            robust=True,
         )
     logger.info("payment %s %s → %s", payment_id, from_status, to_status)
     return payment
+
+
+def _committed(
+    payment: Payment,
+    event_id: int,
+    from_status: str,
+    entered_at: datetime | None,
+    now: datetime,
+) -> None:
+    # Counted before the push: once a client sees it, the figures have moved.
+    metrics.observe_transition(
+        from_status=from_status,
+        to_status=payment.status,
+        terminal=payment.is_terminal,
+        now=now,
+        created_at=payment.created_at,
+        entered_at=entered_at,
+    )
+    payment_notify(payment=payment, event_ids=[event_id])
 
 
 def payment_notify(*, payment: Payment, event_ids: list[int]) -> bool:
@@ -286,4 +320,4 @@ def _payment_apply_result(
             )
             tasks.refresh_payment.using(
                 run_after=timezone.now() + timedelta(seconds=result.retry_after)
-            ).enqueue(payment_id=str(payment.id))
+            ).enqueue(payment_id=str(payment.id), **_traced())

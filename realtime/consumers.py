@@ -12,6 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from ops.metrics import FRAMES_SENT, WEBSOCKETS_OPEN
 from realtime import frames, groups
 from realtime.frames import FrameError
 from realtime.ratelimit import FrameRateLimit, Verdict
@@ -81,9 +82,14 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             if user.is_staff and _asks_for_staff_feed(self.scope):
                 await self._join(groups.STAFF_GROUP)
         await self.accept()
+        WEBSOCKETS_OPEN.inc()
+        self.counted = True
         await self.send_json({"event": "socket-id", "data": self.socket_id})
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            WEBSOCKETS_OPEN.dec()
         await self._leave_all()
 
     async def _leave_all(self) -> None:
@@ -180,6 +186,7 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         if self.closing:
             return
         if self.subscriptions.is_new(payment):
+            FRAMES_SENT.labels("json").inc()
             await self.send_json({"event": "payment-status", "data": payment})
 
     async def send_error(self, code: str, message: str) -> None:

@@ -28,6 +28,7 @@ every error the server answers itself is the API's JSON error shape.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -41,6 +42,11 @@ from twisted.web import http
 #: kernel send RST, and a client that gets RST while still uploading may never
 #: read the 413 sitting in its buffer; a short linger lets it.
 LINGER = 2.0
+#: The request whose reply is being written: daphne writes its access-log
+#: entry inside that call and passes no request (realtime.server.AccessLog).
+replying: contextvars.ContextVar[http.Request | None] = contextvars.ContextVar(
+    "replying", default=None
+)
 ROOT_PATH_HEADER = b"Daphne-Root-Path"
 
 REASONS = {
@@ -248,6 +254,13 @@ class LimitedRequest(WebRequest):
         # refuse one it cannot parse itself. Request.__init__ sets this flag
         # (True by default), so a class attribute would not hold.
         self._parsePOSTFormSubmission = False
+
+    def handle_reply(self, message: dict[str, Any]) -> None:
+        token = replying.set(self)
+        try:
+            super().handle_reply(message)
+        finally:
+            replying.reset(token)
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802
         # A chunked body's length is unknown but bounded: a small bound is

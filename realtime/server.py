@@ -7,9 +7,11 @@
 - The largest client message defaults to REALTIME_MAX_FRAME_BYTES (daphne's
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
-- The access log shows ``client_secret=[redacted]`` (however the name is
-  spelled): daphne logs each request's query string, and the polling
-  fallback carries the secret there.
+- The access log goes through Python's logging (logger ``realtime.access``,
+  so it is JSON in production like every other line), shows
+  ``client_secret=[redacted]`` (however the name is spelled: daphne logs
+  each request's query string, and the polling fallback carries the secret
+  there), and leaves out the probes' and scrapes' successful answers.
 - HTTP requests go through realtime.http_edge: body limits before the body
   is read, a deadline for the request head, no client-set root path, and
   JSON errors.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -34,7 +35,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
-from realtime.http_edge import LimitedHTTPFactory
+from realtime.http_edge import LimitedHTTPFactory, replying
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +85,82 @@ def redact_query(path: str) -> str:
     return f"{base}?{'&'.join(parts)}"
 
 
-class RedactingActionLogger:
-    """Wrap daphne's access logger so secrets in query strings are not logged."""
+#: Paths whose successful answers are not logged: a balancer's probe every
+#: few seconds per process would drown the requests (ops.middleware).
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: daphne's WebSocket actions, as its NCSA access log names them.
+WEBSOCKET_ACTIONS = {
+    "connecting": "WSCONNECTING",
+    "rejected": "WSREJECT",
+    "connected": "WSCONNECT",
+    "disconnected": "WSDISCONNECT",
+}
+access_logger = logging.getLogger("realtime.access")
+REQUEST_ID_HEADER = b"X-Request-ID"
 
-    def __init__(self, inner: Callable[[str, str, dict[str, Any]], None]) -> None:
-        self.inner = inner
+
+def _answered_request_id() -> str | None:
+    """The X-Request-ID of the response being completed (ops.request_id set it)."""
+    request = replying.get()
+    if request is None:
+        return None
+    values = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
+    return values[0].decode("latin-1") if values else None
+
+
+class AccessLog:
+    """daphne's access log (its "action logger"), written through logging.
+
+    The same events as daphne's AccessLogGenerator, which writes NCSA lines
+    straight to a stream; as log records they get LOGGING's format (JSON in
+    production) and its handlers, and their fields (``method``, ``path``,
+    ``status``...) as attributes.
+    """
 
     def __call__(self, protocol: str, action: str, details: dict[str, Any]) -> None:
-        if isinstance(details.get("path"), str):
-            details = {**details, "path": redact_query(details["path"])}
-        self.inner(protocol, action, details)
+        path = details.get("path")
+        if isinstance(path, str):
+            path = redact_query(path)
+        client = details.get("client") or "-"
+        if protocol == "http" and action == "complete":
+            status = details.get("status")
+            if (
+                isinstance(path, str)
+                and path.partition("?")[0] in QUIET_PATHS
+                and isinstance(status, int)
+                and status < 400
+            ):
+                return
+            access_logger.info(
+                "%s %s %s %s %s",
+                details.get("method"),
+                path,
+                status,
+                details.get("size"),
+                client,
+                extra={
+                    "method": details.get("method"),
+                    "path": path,
+                    "status": status,
+                    "size": details.get("size"),
+                    "client": client,
+                    "duration_seconds": details.get("time_taken"),
+                    # The application's lines for this request carry it too.
+                    "request_id": _answered_request_id(),
+                },
+            )
+        elif protocol == "websocket" and action in WEBSOCKET_ACTIONS:
+            access_logger.info(
+                "%s %s %s",
+                WEBSOCKET_ACTIONS[action],
+                path,
+                client,
+                extra={
+                    "method": WEBSOCKET_ACTIONS[action],
+                    "path": path,
+                    "client": client,
+                },
+            )
 
 
 class ServerWebSocketProtocol(WebSocketProtocol):
@@ -122,7 +189,9 @@ class GracefulServer(Server):
 
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
         if kwargs.get("action_logger") is not None:
-            kwargs["action_logger"] = RedactingActionLogger(kwargs["action_logger"])
+            # daphne's stream logger (stdout, or --access-log's file) is
+            # replaced: the access log follows LOGGING like every other line.
+            kwargs["action_logger"] = AccessLog()
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:

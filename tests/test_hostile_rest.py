@@ -762,6 +762,7 @@ def test_cors_preflight_from_the_frontend_is_allowed_without_credentials() -> No
     # A page on an allowed origin still cannot ride a user's session cookie.
     assert "Access-Control-Allow-Credentials" not in response
     assert created["Access-Control-Allow-Origin"] == origin
-    # Location to follow the payment; Retry-After of a 429 or a 503.
+    # Location to follow the payment; Retry-After of a 429 or a 503; the
+    # request id to quote in a report.
     exposed = created["Access-Control-Expose-Headers"].lower().replace(" ", "")
-    assert set(exposed.split(",")) == {"location", "retry-after"}
+    assert set(exposed.split(",")) == {"location", "retry-after", "x-request-id"}

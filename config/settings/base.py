@@ -118,6 +118,7 @@ THIRD_PARTY_APPS = [
 LOCAL_APPS = [
     "payments",
     "realtime",
+    "ops",
 ]
 # Local apps before third-party ones: payments' db_worker command (the worker
 # with its recovery loop) must win over django_tasks_db's of the same name.
@@ -125,9 +126,13 @@ INSTALLED_APPS = DJANGO_APPS + LOCAL_APPS + THIRD_PARTY_APPS
 
 # MIDDLEWARE
 # ------------------------------------------------------------------------------
-# First, ApiErrorsMiddleware: it checks the Host of /api/ requests before
+# Then ApiErrorsMiddleware: it checks the Host of /api/ requests before
 # any other middleware asks for it (config.middleware says why).
+# Before it, the request id (every later log line carries it) and the
+# operations endpoints, which skip the rest (ops.middleware says why).
 MIDDLEWARE = [
+    "ops.request_id.RequestIdMiddleware",
+    "ops.middleware.OperationsEndpointsMiddleware",
     "config.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -227,8 +232,10 @@ CORS_ALLOW_HEADERS = (
     "idempotency-key",
     "x-client-secret",
     "x-csrftoken",
+    "x-request-id",
 )
-CORS_EXPOSE_HEADERS = ("location", "retry-after")
+# X-Request-ID: a page can quote the id of a failed request (ops.request_id).
+CORS_EXPOSE_HEADERS = ("location", "retry-after", "x-request-id")
 
 # CHANNELS
 # ------------------------------------------------------------------------------
@@ -387,22 +394,38 @@ PAYMENTS_NOTIFIED_MARK_INTERVAL = env.float(
 
 # LOGGING
 # ------------------------------------------------------------------------------
+# "plain" lines for people, "json" (one object per line, python-json-logger)
+# for a log pipeline; production defaults to json. Every line carries the
+# request id (ops.request_id) of the request or job it was written for.
+LOG_FORMATS = ("plain", "json")
+LOG_FORMAT = env("DJANGO_LOG_FORMAT", default="plain")
+if LOG_FORMAT not in LOG_FORMATS:
+    raise ImproperlyConfigured("DJANGO_LOG_FORMAT: plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(process)d %(request_id)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger", "process": "pid"},
+            "timestamp": True,
+        },
     },
     "filters": {
         "dropped_messages": {"()": "realtime.dropped_messages.DroppedMessageCounter"},
         # On the handler: a logger's filters miss its children's records.
         "security_without_traceback": {"()": "config.security_log.WithoutTraceback"},
+        "request_id": {"()": "ops.request_id.RequestIdFilter"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["security_without_traceback"],
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id", "security_without_traceback"],
         },
     },
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
@@ -411,6 +434,16 @@ LOGGING = {
         "channels_redis.core": {"level": "INFO", "filters": ["dropped_messages"]},
     },
 }
+
+# METRICS (ops.metrics)
+# ------------------------------------------------------------------------------
+# Bearer token /metrics asks for (Authorization: Bearer <token>); unset, the
+# endpoint is off and answers 404. Each web process serves its own counters
+# on its own port; a db_worker serves its own on METRICS_WORKER_PORT (0: no
+# endpoint), bound to METRICS_WORKER_ADDR, with the same token.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
+METRICS_WORKER_ADDR = env("METRICS_WORKER_ADDR", default="127.0.0.1")
 
 # REALTIME
 # ------------------------------------------------------------------------------

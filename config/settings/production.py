@@ -1,5 +1,7 @@
 """Production: secrets and hosts come from the environment with no default."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .base import *  # noqa: F403
 from .base import env
 
@@ -10,6 +12,14 @@ SECRET_KEY = env("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 REDIS_URL = env("REDIS_URL")
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = REDIS_URL  # noqa: F405
+
+# LOGGING
+# ------------------------------------------------------------------------------
+# One JSON object per line, for the log pipeline.
+LOG_FORMAT = env("DJANGO_LOG_FORMAT", default="json")
+if LOG_FORMAT not in LOG_FORMATS:  # noqa: F405
+    raise ImproperlyConfigured("DJANGO_LOG_FORMAT: plain or json.")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
 
 # SECURITY
 # ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from rest_framework.throttling import AnonRateThrottle, BaseThrottle, UserRateThrottle
 
+from ops.metrics import THROTTLED
 from payments.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +129,10 @@ class WindowCounterMixin:
                 ) from None
             logger.warning("throttle store unavailable, request allowed: %r", exc)
             return True
-        return int(count) <= self.num_requests
+        if int(count) <= self.num_requests:
+            return True
+        THROTTLED.labels(self.scope).inc()
+        return False
 
     def wait(self) -> float:
         return max(self._wait, 1.0)

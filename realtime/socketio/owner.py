@@ -23,6 +23,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from ops.metrics import FRAMES_SENT, socketio_sessions_count
 from realtime import groups, notify
 from realtime.layers import LOST_MESSAGE_TYPE
 from realtime.ratelimit import FrameRateLimit, Verdict
@@ -39,6 +40,7 @@ CLOSE_TYPE = "sio.close"  # the client's transport is gone, or misbehaved
 
 # Owners alive in this process: tasks need a strong reference.
 _owners: set[SessionOwner] = set()
+socketio_sessions_count(lambda: len(_owners))
 
 
 class SessionOwner:
@@ -274,6 +276,7 @@ class SessionOwner:
 
     async def _send_status(self, payment: dict[str, Any]) -> None:
         if self.namespace_sid is not None and self.subscriptions.is_new(payment):
+            FRAMES_SENT.labels("socketio").inc()
             await self.deliver([packets.event("payment-status", payment)])
 
     async def emit_error(self, code: str, message: str) -> None:

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
+from ops.metrics import serve_worker
 from payments.worker import mark_writer
 from payments.worker.heartbeat import heartbeat_claim_waiting, heartbeat_running
 from payments.worker.recovery import recovery_running, tasks_release_held_by
@@ -37,16 +38,22 @@ class Command(DBWorkerCommand):
         # The lease is ours: what a previous process of the same id left
         # RUNNING is nobody's now.
         tasks_release_held_by(worker_id)
-        with (
-            heartbeat_running(worker_id),
-            recovery_running(),
-            mark_writer.marks_batched(),
-        ):
-            if options["batch"]:
-                # Runs what is queued and exits: nothing to wait for.
-                super().handle(*args, **options)
-                return
-            self._run_wakeable(**options)
+        # Its counters live in this process: served here (METRICS_WORKER_PORT).
+        metrics_server = serve_worker()
+        try:
+            with (
+                heartbeat_running(worker_id),
+                recovery_running(),
+                mark_writer.marks_batched(),
+            ):
+                if options["batch"]:
+                    # Runs what is queued and exits: nothing to wait for.
+                    super().handle(*args, **options)
+                    return
+                self._run_wakeable(**options)
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
 
     def _run_wakeable(self, **options: Any) -> None:
         # The original handle() builds its own Worker; this is that, for ours.
