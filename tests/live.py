@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -442,6 +442,21 @@ def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
     # An error the client never saw (a consumer crash after the last frame, a
     # failed task) still shows in the process's log.
     assert not [p.name for p in stack.processes if "Traceback" in p.output()]
+
+
+def wait_until[T](condition: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll ``condition`` until it returns something truthy; fail at the deadline.
+
+    For state only a database read shows (no event to wait on).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)  # polling the database, not synchronising on an event
 
 
 class SlowChargeGateway(SimulatedGateway):
