@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +13,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
-from payments.models import Payment
+from payments.models import TERMINAL_STATUSES, GatewayCall, Payment
+from tests.helpers import wait_until
 from tests.live import LiveStack, checked_stack
 
 pytestmark = pytest.mark.e2e
@@ -286,8 +288,10 @@ def not_reloaded(page) -> None:
 def test_admin_updates_live_for_staff_and_never_for_others(
     transactional_db, isolated_channel_layer, open_page
 ) -> None:
-    # Outcomes 6 s after the charge: time to open the admin's pages first.
-    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="6") as live:
+    # No worker until the admin's pages are open: the first payment waits.
+    with checked_stack(
+        isolated_channel_layer, worker=False, PAYMENTS_SIMULATED_DELAY="0.5"
+    ) as live:
         visitor, _ = open_home(open_page, live)  # anonymous, not staff
         wait_live(visitor.page)
         record_statuses(visitor.page)
@@ -301,9 +305,7 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         )
         not_reloaded(page)
         row = page.locator("#result_list tr", has_text=first["id"])
-        expect(row.locator("td.field-status")).to_have_text(
-            re.compile("Pending|Processing")
-        )
+        expect(row.locator("td.field-status")).to_have_text("Pending")
 
         detail = open_page(storage_state=page.context.storage_state())
         detail.page.goto(
@@ -316,6 +318,7 @@ def test_admin_updates_live_for_staff_and_never_for_others(
 
         # A payment created while the list is open appears at its top.
         second = create_payment(live)
+        live.start_worker(wait=True)
         new_row = page.locator("#result_list tr", has_text=second["id"])
         expect(new_row).to_have_count(1, timeout=TIMEOUT)
         expect(new_row.locator("td.field-money")).to_have_text("25.00 USD")
@@ -349,6 +352,111 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         assert seen_ids == {own}, seen_ids
         for watched in (visitor, listing, detail):
             assert watched.problems() == []
+
+
+def hold_staff_socket(page, held: list) -> None:
+    """Keep the admin's socket from reaching the server until the test says.
+
+    The page's WebSocket opens (on Playwright's side) but no socket-id comes
+    until ``connect_to_server()`` on its route (appended to ``held``): the
+    window between the page's render and its socket joining staff.payments,
+    held open.
+    """
+    page.route_web_socket(
+        re.compile(r"/ws/payments/\?feed=staff$"), lambda ws: held.append(ws)
+    )
+
+
+def all_terminal(*payments: dict) -> bool:
+    ids = [p["id"] for p in payments]
+    found = Payment.objects.filter(pk__in=ids, status__in=TERMINAL_STATUSES)
+    return found.count() == len(ids)
+
+
+def test_admin_catches_up_on_changes_committed_before_its_socket_opened(
+    transactional_db, isolated_channel_layer, open_page
+) -> None:
+    # No worker until both pages are rendered: the first payment waits.
+    with checked_stack(
+        isolated_channel_layer, worker=False, PAYMENTS_SIMULATED_DELAY="0.5"
+    ) as live:
+        listing = log_in_as_staff(open_page, live)
+        detail = open_page(storage_state=listing.page.context.storage_state())
+        held = []  # the two pages' sockets, held at the handshake
+        hold_staff_socket(listing.page, held)
+        hold_staff_socket(detail.page, held)
+        first = create_payment(live, "pm_card_chargeDeclined")
+        listing.page.goto(f"{live.http_url}/admin/payments/payment/")
+        detail.page.goto(
+            f"{live.http_url}/admin/payments/payment/{first['id']}/change/"
+        )
+        row = listing.page.locator("#result_list tr", has_text=first["id"])
+        expect(row.locator("td.field-status")).to_have_text("Pending")
+        status = detail.page.locator(".form-row.field-status .readonly")
+        expect(status).to_have_text("Pending")
+        for watched in (listing, detail):
+            # Waiting for its socket-id: it has joined no group yet.
+            expect(watched.page.locator("html")).to_have_attribute(
+                "data-live-state", "connecting"
+            )
+            not_reloaded(watched.page)
+        assert len(held) == 2
+
+        # In the window: the first payment fails, a second is made and succeeds.
+        # (The timeline then holds every change the first went through.)
+        second = create_payment(live)
+        live.start_worker(wait=True)
+        wait_until(lambda: all_terminal(first, second), "both outcomes")
+        for route in held:
+            route.connect_to_server()
+
+        expect(row.locator("td.field-status")).to_have_text("Failed", timeout=TIMEOUT)
+        expect(row.locator("td.field-version")).to_have_text("3")
+        new_row = listing.page.locator("#result_list tr", has_text=second["id"])
+        expect(new_row.locator("td.field-status")).to_have_text("Succeeded")
+        expect(new_row.locator("td.field-money")).to_have_text("25.00 USD")
+        expect(listing.page.locator(".paginator")).to_contain_text("2 payments")
+
+        expect(status).to_have_text("Failed", timeout=TIMEOUT)
+        page = detail.page
+        expect(page.locator(".form-row.field-version .readonly")).to_have_text("3")
+        expect(page.locator(".form-row.field-failure_code .readonly")).to_have_text(
+            "card_declined"
+        )
+        # The timeline as Django renders it: every change, none made up.
+        changes = page.locator("#events-group tbody tr.has_original")
+        expect(changes).to_have_count(3)
+        expect(changes.locator("td.field-to_status")).to_have_text(
+            ["Pending", "Processing", "Failed"]
+        )
+        calls = page.locator("#gateway_calls-group tbody tr.has_original")
+        expect(calls).to_have_count(
+            GatewayCall.objects.filter(payment_id=first["id"]).count()
+        )
+        assert calls.count() > 0
+        for watched in (listing, detail):
+            assert watched.page.evaluate("window.notReloaded") is True
+            assert watched.problems() == []
+        detail.screenshot("admin-change-caught-up")
+
+
+def test_admin_empty_list_shows_a_new_payment(live, open_page) -> None:
+    listing = log_in_as_staff(open_page, live)
+    page = listing.page
+    page.goto(f"{live.http_url}/admin/payments/payment/")
+    expect(page.locator("html")).to_have_attribute(
+        "data-live-state", "open", timeout=TIMEOUT
+    )
+    expect(page.locator(".paginator")).to_contain_text("0 payments")
+    not_reloaded(page)
+    payment = create_payment(live)
+    row = page.locator("#result_list tr", has_text=payment["id"])
+    expect(row.locator("td.field-status")).to_have_text("Succeeded", timeout=TIMEOUT)
+    expect(row.locator("td.field-version")).to_have_text("3")
+    expect(page.locator(".paginator")).to_contain_text("1 payment")
+    assert page.evaluate("window.notReloaded") is True
+    listing.screenshot("admin-changelist-first-payment")
+    assert listing.problems() == []
 
 
 def test_other_pages_log_no_console_errors(live, open_page) -> None:
@@ -404,6 +512,166 @@ def test_client_reconnects_at_once_after_1001(live, open_page) -> None:
     assert watched.problems() == []
 
 
+def start_test_client(page, socket_path: str, **options: object) -> None:
+    """Start a PaymentsClient in the page on a mock server's path.
+
+    Its state, socket id, retryIn, statuses and errors go into the DOM
+    (body data attributes), where Playwright's waits can see them: the
+    page's CSP forbids the eval that wait_for_function needs.
+    """
+    page.evaluate(
+        """async ([socketPath, options]) => {
+            const url = "/static/realtime/payments-client.js";
+            const { PaymentsClient } = await import(url);
+            const client = new PaymentsClient({ socketPath, ...options });
+            window.testClient = client;
+            const data = document.body.dataset;
+            data.testErrors = "";
+            client.on("state", ({ state, socketId, retryIn }) => {
+                data.testState = state;
+                data.testSocket = socketId ?? "";
+                data.testRetryIn = String(retryIn);
+            });
+            client.on("status", (payment) => {
+                const name = `data-test-status-${payment.id}`;
+                document.body.setAttribute(name, payment.status);
+            });
+            client.on("error", (error) => {
+                data.testErrors += `${error.code}:${error.paymentId} `;
+            });
+            client.connect();
+        }""",
+        [socket_path, options],
+    )
+
+
+def test_client_backs_off_after_a_second_1001_in_a_row(live, open_page) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    sockets = []
+
+    def server(ws) -> None:  # a server that keeps closing with 1001
+        sockets.append(ws)
+        ws.send(json.dumps({"event": "socket-id", "data": f"mock-{len(sockets)}"}))
+        ws.close(code=1001, reason="going away")
+
+    page.route_web_socket(re.compile(r"/ws/test-1001-loop/$"), server)
+    # Ten minutes of backoff: a third socket within the test is a loop.
+    start_test_client(page, "/ws/test-1001-loop/", initialDelay=600000, maxDelay=600000)
+    body = page.locator("body")
+    # The first 1001: at once; the second: the backoff, with jitter.
+    expect(body).to_have_attribute(
+        "data-test-retry-in", re.compile(r"^[1-9]\d{5}$"), timeout=TIMEOUT
+    )
+    assert 300000 <= int(body.get_attribute("data-test-retry-in")) <= 600000
+    assert page.evaluate("window.testClient.state") == "reconnecting"
+    assert len(sockets) == 2
+    assert watched.problems() == []
+
+
+def test_refused_subscribe_is_retried_unless_the_payment_is_not_found(
+    live, open_page
+) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    gone, flaky = str(uuid.uuid4()), str(uuid.uuid4())
+    sockets, subscribes = [], []
+
+    def server(ws) -> None:
+        index = len(sockets) + 1
+        sockets.append(ws)
+        ws.send(json.dumps({"event": "socket-id", "data": f"mock-{index}"}))
+        refused_quietly = []
+
+        def on_message(message: str) -> None:
+            frame = json.loads(message)
+            if frame["action"] == "ping":
+                # After a rate_limited, the server drops the next frame quietly.
+                if refused_quietly:
+                    refused_quietly.clear()
+                else:
+                    ws.send(json.dumps({"event": "pong"}))
+                return
+            assert frame["action"] == "subscribe", frame
+            payment_id = frame["payment_id"]
+            subscribes.append((index, payment_id))
+            tries = subscribes.count((index, payment_id))
+            if payment_id == gone:
+                error = {"code": "payment_not_found", "message": "payment_id: ..."}
+            elif index == 1 and tries == 1:
+                refused_quietly.append(True)
+                error = {"code": "rate_limited", "message": "frame: slow down."}
+            elif index == 1 and tries == 2:
+                error = {"code": "unavailable", "message": "try again."}
+            else:
+                status = "processing" if index == 1 else "succeeded"
+                data = {"id": payment_id, "status": status, "version": index + 1}
+                ws.send(json.dumps({"event": "payment-status", "data": data}))
+                return
+            ws.send(json.dumps({"event": "error", "data": error}))
+
+        ws.on_message(on_message)
+
+    page.route_web_socket(re.compile(r"/ws/test-subscribe/$"), server)
+    start_test_client(page, "/ws/test-subscribe/", initialDelay=50, maxDelay=200)
+    body = page.locator("body")
+    expect(body).to_have_attribute("data-test-socket", "mock-1", timeout=TIMEOUT)
+    # The one not found first: on the next socket its subscribe would come
+    # before the other's, whose answer is the fence.
+    page.evaluate(
+        """([gone, flaky]) => {
+            window.testClient.follow({ id: gone, client_secret: "s" });
+            window.testClient.follow({ id: flaky, client_secret: "s" });
+        }""",
+        [gone, flaky],
+    )
+    expect(body).to_have_attribute(
+        f"data-test-status-{flaky}", "processing", timeout=TIMEOUT
+    )
+    assert subscribes.count((1, flaky)) == 3  # rate_limited, unavailable, then ok
+    errors = body.get_attribute("data-test-errors").split()
+    assert f"payment_not_found:{gone}" in errors, errors
+    assert f"rate_limited:{flaky}" in errors and f"unavailable:{flaky}" in errors
+    assert page.evaluate(f"window.testClient.isFollowing('{gone}')") is False
+
+    sockets[0].close(code=1000)  # a new socket: the client subscribes again
+    expect(body).to_have_attribute(
+        f"data-test-status-{flaky}", "succeeded", timeout=TIMEOUT
+    )
+    assert subscribes.count((1, gone)) == 1
+    assert [s for s in subscribes if s[0] == 2] == [(2, flaky)]
+    assert watched.problems() == []
+
+
+def test_client_makes_a_uuid4_key_without_crypto_random_uuid(live, open_page) -> None:
+    # As on plain HTTP from another host: randomUUID exists in secure
+    # contexts only (https, localhost), getRandomValues everywhere.
+    watched = open_page()
+    page = watched.page
+    page.add_init_script("delete Crypto.prototype.randomUUID;")
+    page.goto(live.http_url + "/")
+    wait_live(page)
+    assert page.evaluate("typeof crypto.randomUUID") == "undefined"
+    keys = []
+
+    def record_key(route) -> None:
+        keys.append(route.request.headers.get("idempotency-key"))
+        route.continue_()
+
+    page.route(re.compile(r"/api/payments/$"), record_key)
+    first = pay(page)
+    wait_status(page, first, "succeeded")
+    second = pay(page)
+    wait_status(page, second, "succeeded")
+
+    assert len(keys) == 2 and keys[0] != keys[1], keys
+    for key in keys:
+        parsed = uuid.UUID(key)
+        assert str(parsed) == key and parsed.version == 4, key
+        assert parsed.variant == uuid.RFC_4122, key
+    assert watched.problems() == []
+
+
 def test_pay_retries_a_lost_answer_with_the_same_idempotency_key(
     live, open_page
 ) -> None:
@@ -451,3 +719,58 @@ def test_staff_on_the_page_pay_with_csrf_and_see_only_their_payments(
     assert seen_ids == {own, fence}, seen_ids
     assert page.locator("article.payment").count() == 2
     assert watched.problems() == []
+
+
+def test_pay_retries_a_5xx_with_the_same_key_after_retry_after(live, open_page) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    wait_live(page)
+    calls = []
+
+    def unavailable_twice(route) -> None:
+        calls.append((time.monotonic(), route.request.headers.get("idempotency-key")))
+        if len(calls) == 1:  # the API's own 503, with its Retry-After
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                json={"error": {"code": "service_unavailable", "message": "busy"}},
+            )
+        elif len(calls) == 2:  # a proxy's 502: HTML, no Retry-After
+            route.fulfill(status=502, body="<h1>Bad Gateway</h1>")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/payments/$"), unavailable_twice)
+    payment_id = pay(page)
+    wait_status(page, payment_id, "succeeded")
+
+    assert len(calls) == 3, calls
+    assert len({key for _, key in calls}) == 1, calls
+    assert calls[1][0] - calls[0][0] >= 0.95, "Retry-After: 1 not waited for"
+    assert list(Payment.objects.values_list("id", flat=True)) == [uuid.UUID(payment_id)]
+    allowed = (r"status of 50[23]", r"^http 50[23]: .*/api/payments/$")
+    assert watched.problems(*allowed) == []
+
+
+def test_pay_does_not_retry_a_4xx(live, open_page) -> None:
+    watched, _ = open_home(open_page, live)
+    page = watched.page
+    wait_live(page)
+    calls = []
+
+    def conflict(route) -> None:
+        calls.append(route.request.headers.get("idempotency-key"))
+        route.fulfill(
+            status=409,
+            json={"error": {"code": "idempotency_conflict", "message": "in use"}},
+        )
+
+    page.route(re.compile(r"/api/payments/$"), conflict)
+    page.locator("#pay-button").click()
+    # pay() rejects only once it gave up: a retry would come before this.
+    expect(page.locator("#form-error")).to_contain_text(
+        "(idempotency_conflict)", timeout=TIMEOUT
+    )
+    assert len(calls) == 1, calls
+    assert not Payment.objects.exists()
+    assert watched.problems(r"status of 409", r"^http 409: .*/api/payments/$") == []

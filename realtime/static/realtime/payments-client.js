@@ -8,30 +8,74 @@
  *   await client.pay({ amount: 1000, paymentMethod: "pm_card_visa" });
  *
  * Why it is more than a WebSocket: a socket drops frames while it is away,
- * so the client reconnects (backoff with jitter; at once after 1001, the
- * server restarting), subscribes again to every payment not yet terminal
- * (the server answers with its current state), drops frames whose version it
- * has already applied, and polls GET /api/payments/{id}/ when WebSockets do
- * not work at all.
+ * so the client reconnects (backoff with jitter; at once after a 1001, the
+ * server restarting, but not after a second one in a row), subscribes again
+ * to every payment not yet terminal (the server answers with its current
+ * state; a refused subscribe is retried unless the payment is not found),
+ * drops frames whose version it has already applied, retries a POST that
+ * got no answer or a 5xx with the same Idempotency-Key, and polls
+ * GET /api/payments/{id}/ when WebSockets do not work at all.
  */
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const GOING_AWAY = 1001;
+// Subscribe refusals that a retry cannot cure; any other code (rate_limited,
+// too_many_subscriptions, a server's transient failure) is retried.
+const FINAL_REFUSALS = new Set(["payment_not_found", "invalid_frame"]);
+// A subscribe's fence (its ping) unanswered this long: sent again.
+const FENCE_TIMEOUT = 10000;
 // Payments whose last version is remembered: the live admin sees every
 // payment for as long as it stays open; the oldest is forgotten first.
 const MAX_TRACKED = 10000;
 const encoder = new TextEncoder();
 
-/** An error answered by the API: {status, code, message, fields}. */
+/**
+ * An error answered by the API: {status, code, message, fields}; also
+ * retryAfter (ms, from a Retry-After header) and, for a refused subscribe,
+ * paymentId.
+ */
 export class ApiError extends Error {
-  constructor({ status = 0, code, message, fields = null }) {
+  constructor({ status = 0, code, message, fields = null, retryAfter = null, paymentId = null }) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
     this.fields = fields;
+    this.retryAfter = retryAfter;
+    this.paymentId = paymentId;
   }
 }
+
+/**
+ * Return a random UUID v4 (an anonymous Idempotency-Key must be one).
+ * crypto.randomUUID exists only in secure contexts (HTTPS, localhost): a
+ * page on plain HTTP from another host builds one from getRandomValues,
+ * which every context has.
+ */
+export function uuid4() {
+  if (typeof globalThis.crypto?.randomUUID === "function") return globalThis.crypto.randomUUID();
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx (RFC 9562)
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** Read a Retry-After header (seconds or an HTTP date) as milliseconds. */
+function retryAfterMs(value) {
+  if (!value) return null;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.max(0, at - Date.now());
+}
+
+/** Wait between half and all of `ceiling` ms (equal jitter). */
+function jittered(ceiling) {
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Tell whether a payment status is final. */
 export function isTerminal(status) {
@@ -67,8 +111,9 @@ function readCookie(name) {
  * state: "idle" | "connecting" | "open" | "reconnecting" | "polling" | "closed"
  * ("polling": WebSockets failed `fallbackAfter` times in a row, so followed
  * payments are read over HTTP while the socket keeps retrying).
- * Events: "status" (payment, {source, bytes}), "state" ({state, socketId}),
- * "error" (ApiError from a socket error frame or a failed poll).
+ * Events: "status" (payment, {source, bytes}), "state" ({state, socketId,
+ * retryIn}: ms until the next attempt while away), "error" (ApiError from a
+ * socket error frame or a failed poll).
  */
 export class PaymentsClient {
   constructor({
@@ -77,8 +122,10 @@ export class PaymentsClient {
     pollInterval = 1000,
     initialDelay = 250,
     maxDelay = 5000,
+    stableAfter = 10000,
     fallbackAfter = 2,
     payRetries = 3,
+    maxRetryAfter = 30000,
     WebSocketImpl = globalThis.WebSocket,
   } = {}) {
     this.baseUrl = baseUrl.replace(/\/$/, "");
@@ -86,21 +133,33 @@ export class PaymentsClient {
     this.pollInterval = pollInterval;
     this.initialDelay = initialDelay;
     this.maxDelay = maxDelay;
+    this.stableAfter = stableAfter;
     this.fallbackAfter = fallbackAfter;
     this.payRetries = payRetries;
+    this.maxRetryAfter = maxRetryAfter;
     this.WebSocketImpl = WebSocketImpl;
     this.state = "idle";
     this.socketId = null;
+    /** ms until the next connection attempt (0: at once), while away. */
+    this.retryIn = null;
     /** HTTP requests made, and bytes received in bodies and frames. */
     this.stats = { requests: 0, bytes: 0, frames: 0 };
     this._listeners = new Map();
-    this._followed = new Map(); // id → {id, clientSecret, status, subscribedOn}
+    // id → {id, clientSecret, status, subscribedOn, subscribed, retries, ...}
+    this._followed = new Map();
     this._latest = new Map(); // id → {version, status} last applied
     this._ws = null;
     this._attempt = 0;
     this._failures = 0;
+    this._wentAway = false;
     this._retryTimer = null;
     this._pollTimer = null;
+    // Subscribes go one at a time, each followed by a ping: the server
+    // answers frames in order and its error frames name no payment, so an
+    // error before the pong is that subscribe's, and the pong confirms it.
+    this._queue = [];
+    this._inFlight = null; // {entry, socketId, code, timer}
+    this._queueTimer = null;
   }
 
   on(event, callback) {
@@ -130,7 +189,18 @@ export class PaymentsClient {
   _setState(state) {
     if (state === this.state) return;
     this.state = state;
-    this._emit("state", { state, socketId: this.socketId });
+    this._emit("state", { state, socketId: this.socketId, retryIn: this.retryIn });
+  }
+
+  /** Return the last version applied of a payment, {version, status}, if any. */
+  latest(id) {
+    return this._latest.get(id) ?? null;
+  }
+
+  /** Tell whether the client still follows a payment (not terminal, not refused). */
+  isFollowing(id) {
+    const entry = this._followed.get(id);
+    return Boolean(entry) && !isTerminal(entry.status);
   }
 
   /** Open the socket (and keep it open until close()). */
@@ -151,7 +221,7 @@ export class PaymentsClient {
     this._stopPolling();
     this._ws?.close(1000);
     this._ws = null;
-    this.socketId = null;
+    this._dropSocket();
     this._setState("closed");
   }
 
@@ -162,11 +232,11 @@ export class PaymentsClient {
     try {
       ws = new this.WebSocketImpl(this.socketUrl);
     } catch {
-      this._scheduleReconnect(false, 0);
+      this._scheduleReconnect(false, 0, 0);
       return;
     }
     this._ws = ws;
-    let ready = false;
+    let openedAt = 0; // when its socket-id came; 0 while not ready
     ws.onmessage = ({ data }) => {
       if (this._ws !== ws) return; // closed by close(), or replaced
       this.stats.frames += 1;
@@ -178,17 +248,19 @@ export class PaymentsClient {
         return;
       }
       if (frame.event === "socket-id") {
-        ready = true;
-        this._attempt = 0;
+        openedAt = Date.now();
         this._failures = 0;
         this.socketId = frame.data;
+        this.retryIn = null;
         this._stopPolling();
         this._setState("open");
         this._resubscribe();
       } else if (frame.event === "payment-status") {
         this._apply(frame.data, "socket", byteLength(data));
+      } else if (frame.event === "pong") {
+        this._fenced();
       } else if (frame.event === "error") {
-        this._emit("error", new ApiError({ ...frame.data, status: 0 }));
+        this._refusal(new ApiError({ ...frame.data, status: 0 }));
       }
     };
     ws.onclose = ({ code }) => {
@@ -196,23 +268,49 @@ export class PaymentsClient {
       // second reconnect loop from this late event.
       if (this._ws !== ws) return;
       this._ws = null;
-      this.socketId = null;
-      this._scheduleReconnect(ready, code);
+      this._dropSocket();
+      this._scheduleReconnect(openedAt > 0, code, openedAt);
     };
   }
 
-  _scheduleReconnect(wasReady, code) {
+  _dropSocket() {
+    this.socketId = null;
+    this._queue = [];
+    if (this._inFlight) clearTimeout(this._inFlight.timer);
+    this._inFlight = null;
+    clearTimeout(this._queueTimer);
+    this._queueTimer = null;
+  }
+
+  _backoff() {
+    const ceiling = Math.min(this.maxDelay, this.initialDelay * 2 ** this._attempt);
+    this._attempt += 1;
+    // Equal jitter: spread clients dropped together, never at once.
+    return jittered(ceiling);
+  }
+
+  _scheduleReconnect(wasReady, code, openedAt) {
     if (!wasReady) this._failures += 1;
-    let delay = 0;
-    if (!(wasReady && code === GOING_AWAY)) {
-      const ceiling = Math.min(this.maxDelay, this.initialDelay * 2 ** this._attempt);
-      // Equal jitter: spread clients dropped together, never at once.
-      delay = ceiling / 2 + Math.random() * (ceiling / 2);
-      this._attempt += 1;
+    if (wasReady && Date.now() - openedAt >= this.stableAfter) {
+      // It stayed up: whatever failed before is over.
+      this._attempt = 0;
+      this._wentAway = false;
     }
+    let delay;
+    if (wasReady && code === GOING_AWAY && !this._wentAway) {
+      // The server restarting: another one is ready, go at once. Only the
+      // first time: a server that keeps closing with 1001 gets backoff.
+      this._wentAway = true;
+      delay = 0;
+    } else {
+      delay = this._backoff();
+    }
+    this.retryIn = Math.round(delay);
     if (this._failures >= this.fallbackAfter) {
       this._setState("polling");
       this._startPolling();
+    } else if (this.state === "reconnecting") {
+      this._emit("state", { state: this.state, socketId: null, retryIn: this.retryIn });
     } else {
       this._setState("reconnecting");
     }
@@ -228,11 +326,103 @@ export class PaymentsClient {
     return false;
   }
 
+  // Subscribing ---------------------------------------------------------------
+
+  /** Queue a subscribe for `entry` on the current socket, unless it has one. */
   _subscribe(entry) {
-    if (entry.subscribedOn === this.socketId) return;
-    if (this._send({ action: "subscribe", payment_id: entry.id, client_secret: entry.clientSecret })) {
-      entry.subscribedOn = this.socketId;
+    if (!this.socketId || entry.subscribedOn === this.socketId || entry.queuedOn === this.socketId) return;
+    if (this._inFlight?.entry === entry) return;
+    entry.queuedOn = this.socketId;
+    this._queue.push(entry);
+    this._pump();
+  }
+
+  _pump() {
+    if (this._inFlight || this._queueTimer !== null || !this.socketId) return;
+    while (this._queue.length) {
+      const entry = this._queue.shift();
+      entry.queuedOn = null;
+      if (this._followed.get(entry.id) !== entry || isTerminal(entry.status)) continue;
+      if (entry.subscribedOn === this.socketId) continue;
+      const sent = this._send({ action: "subscribe", payment_id: entry.id, client_secret: entry.clientSecret });
+      if (!sent) return; // the socket is closing: its successor subscribes again
+      this._send({ action: "ping" });
+      const flight = { entry, socketId: this.socketId, code: null, timer: null };
+      flight.timer = setTimeout(() => {
+        // No pong: both frames refused quietly (rate limit). Again, later.
+        if (this._inFlight !== flight) return;
+        this._inFlight = null;
+        this._retrySubscribe(entry);
+        this._pump();
+      }, FENCE_TIMEOUT);
+      this._inFlight = flight;
+      return;
     }
+  }
+
+  /** The pong after a subscribe: it is settled, one way or the other. */
+  _fenced() {
+    const flight = this._inFlight;
+    if (!flight) return; // a subscribe's fence already given up on
+    clearTimeout(flight.timer);
+    this._inFlight = null;
+    const { entry } = flight;
+    if (flight.code === null) {
+      entry.subscribedOn = flight.socketId;
+      entry.subscribed = true;
+      entry.retries = 0;
+    } else if (FINAL_REFUSALS.has(flight.code)) {
+      // Not visible to this client (or never a payment id): stop following.
+      this._followed.delete(entry.id);
+    } else {
+      this._retrySubscribe(entry);
+    }
+    this._pump();
+  }
+
+  _refusal(error) {
+    const flight = this._inFlight;
+    if (flight && flight.code === null) {
+      flight.code = error.code;
+      error.paymentId = flight.entry.id;
+    }
+    if (error.code === "rate_limited") {
+      // The socket's frame budget is spent: the ping after the subscribe
+      // was refused too (no pong comes), so settle it here and let the
+      // whole queue wait.
+      if (flight) {
+        clearTimeout(flight.timer);
+        this._inFlight = null;
+        if (flight.code === "rate_limited" || flight.code === null) {
+          flight.entry.queuedOn = flight.socketId;
+          this._queue.unshift(flight.entry);
+        } else if (FINAL_REFUSALS.has(flight.code)) {
+          this._followed.delete(flight.entry.id);
+        } else {
+          this._retrySubscribe(flight.entry);
+        }
+      }
+      if (this._queueTimer === null && this.socketId) {
+        this._queueTimer = setTimeout(
+          () => {
+            this._queueTimer = null;
+            this._pump();
+          },
+          jittered(Math.max(1000, this.initialDelay)),
+        );
+      }
+    }
+    this._emit("error", error);
+  }
+
+  /** Subscribe `entry` again after its own backoff. */
+  _retrySubscribe(entry) {
+    entry.retries = (entry.retries ?? 0) + 1;
+    const ceiling = Math.min(this.maxDelay, this.initialDelay * 2 ** (entry.retries - 1));
+    clearTimeout(entry.retryTimer);
+    entry.retryTimer = setTimeout(() => {
+      if (this._followed.get(entry.id) === entry && !isTerminal(entry.status)) this._subscribe(entry);
+    }, jittered(ceiling));
   }
 
   _resubscribe() {
@@ -252,10 +442,15 @@ export class PaymentsClient {
     const entry = this._followed.get(payment.id);
     if (entry) {
       entry.status = payment.status;
-      if (isTerminal(payment.status) && entry.subscribedOn && entry.subscribedOn === this.socketId) {
-        // Frees one of the socket's subscriptions (the server caps them).
-        this._send({ action: "unsubscribe", payment_id: entry.id });
+      if (isTerminal(payment.status)) {
+        clearTimeout(entry.retryTimer);
+        // Frees one of the socket's subscriptions (the server caps them);
+        // a payment only bound to the socket has none to free.
+        if (entry.subscribed && entry.subscribedOn === this.socketId) {
+          this._send({ action: "unsubscribe", payment_id: entry.id });
+        }
         entry.subscribedOn = null;
+        entry.subscribed = false;
       }
     }
     this._emit("status", payment, { source, bytes });
@@ -267,12 +462,18 @@ export class PaymentsClient {
       id: payment.id,
       clientSecret: payment.client_secret,
       status: this._latest.get(payment.id)?.status ?? payment.status ?? "pending",
-      subscribedOn: null,
+      subscribedOn: null, // the socket that pushes its changes (bound or subscribed)
+      subscribed: false, // by a subscribe frame (so an unsubscribe frees it)
+      queuedOn: null,
+      retries: 0,
+      retryTimer: null,
     };
     this._followed.set(payment.id, entry);
     if (!isTerminal(entry.status)) this._subscribe(entry);
     return entry;
   }
+
+  // HTTP ------------------------------------------------------------------------
 
   async _request(path, init) {
     this.stats.requests += 1;
@@ -293,6 +494,7 @@ export class PaymentsClient {
         code: error?.code ?? "http_error",
         message: error?.message ?? `HTTP ${response.status}`,
         fields: error?.fields ?? null,
+        retryAfter: retryAfterMs(response.headers.get("Retry-After")),
       });
     }
     if (body === null) {
@@ -303,11 +505,13 @@ export class PaymentsClient {
 
   /**
    * Create a payment bound to this socket; resolve with it (client_secret
-   * included). A network error retries the POST with the same
-   * Idempotency-Key, so it is charged once; an API error rejects with ApiError.
+   * included). A network error or a 5xx (the server unavailable, a proxy's
+   * 502/504) retries the POST with the same Idempotency-Key, so it is
+   * charged once, after the backoff or the Retry-After if longer; any other
+   * API error rejects with ApiError at once.
    */
   async pay({ amount, currency, paymentMethod, description, idempotencyKey } = {}) {
-    const key = idempotencyKey ?? crypto.randomUUID();
+    const key = idempotencyKey ?? uuid4();
     const socketId = this.socketId;
     const payload = { amount };
     if (currency) payload.currency = currency;
@@ -334,9 +538,14 @@ export class PaymentsClient {
         this._apply(publicData, "http", bytes);
         return body;
       } catch (error) {
-        if (error instanceof ApiError || attempt >= this.payRetries) throw error;
-        const delay = this.initialDelay * 2 ** attempt;
-        await new Promise((resolve) => setTimeout(resolve, delay / 2 + Math.random() * (delay / 2)));
+        const transient = !(error instanceof ApiError) || error.status >= 500;
+        if (!transient || attempt >= this.payRetries) throw error;
+        let delay = jittered(this.initialDelay * 2 ** attempt);
+        if (error.retryAfter !== null && error.retryAfter !== undefined) {
+          if (error.retryAfter > this.maxRetryAfter) throw error;
+          delay = Math.max(delay, error.retryAfter);
+        }
+        await sleep(delay);
       }
     }
   }
