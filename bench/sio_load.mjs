@@ -103,7 +103,11 @@ function waitStatus(id, status) {
   });
 }
 
-const counts = { disconnects: 0, reconnects: 0, connect_errors: 0 };
+const counts = { disconnects: 0, reconnects: 0, connect_errors: 0, disconnect_reasons: {} };
+function disconnected(reason) {
+  counts.disconnects += 1;
+  counts.disconnect_reasons[reason] = (counts.disconnect_reasons[reason] || 0) + 1;
+}
 
 // Open one client; resolve with {socketId, close()} once its socket id arrived.
 function openSocketIO() {
@@ -117,25 +121,29 @@ function openSocketIO() {
     };
     const socket = io(URL_BASE, options);
     let connected = false;
+    // The post's frontend keeps the latest socket-id (setSocketId): after a
+    // reconnect, new payments are bound to the new one.
+    const client = {
+      socketId: null,
+      transport: () => socket.io.engine?.transport?.name,
+      close: () => socket.disconnect(),
+    };
     const timer = setTimeout(() => {
       socket.disconnect();
       reject(new Error("timeout: socket-id"));
     }, TIMEOUT_MS);
     socket.on("socket-id", (socketId) => {
+      client.socketId = socketId;
       if (connected) {
         counts.reconnects += 1;
         return;
       }
       connected = true;
       clearTimeout(timer);
-      resolve({
-        socketId,
-        transport: () => socket.io.engine?.transport?.name,
-        close: () => socket.disconnect(),
-      });
+      resolve(client);
     });
     socket.on("payment-status", arrived);
-    socket.on("disconnect", () => (counts.disconnects += 1));
+    socket.on("disconnect", disconnected);
     socket.on("connect_error", () => (counts.connect_errors += 1));
     socket.connect();
   });
@@ -161,7 +169,7 @@ function openJson() {
         resolve({ socketId: frame.data, transport: () => "json", close: () => ws.close() });
       }
     });
-    ws.on("close", () => opened && (counts.disconnects += 1));
+    ws.on("close", (code) => opened && disconnected(`close ${code}`));
     ws.on("error", (error) => {
       clearTimeout(timer);
       if (!opened) reject(error);
@@ -169,14 +177,15 @@ function openJson() {
   });
 }
 
-async function openAll(count, concurrency) {
+// Opens stop being started past `deadline` ms: what opened by then is used.
+async function openAll(count, concurrency, deadline) {
   const open = MODE === "json" ? openJson : openSocketIO;
   const sockets = [];
   let failed = 0;
   let next = 0;
   const started = now();
   async function lane() {
-    while (next < count) {
+    while (next < count && now() - started < deadline) {
       next += 1;
       try {
         sockets.push(await open());
@@ -233,13 +242,24 @@ async function pay(sockets, { payments, in_flight: inFlight }) {
   return { records, errors, seconds: (now() - started) / 1000, frames };
 }
 
-const opened = await openAll(config.sockets, config.concurrency ?? 50);
+const opened = await openAll(
+  config.sockets,
+  config.concurrency ?? 50,
+  config.open_deadline_ms ?? Infinity,
+);
 const transports = {};
 for (const socket of opened.sockets) {
   const name = socket.transport();
   transports[name] = (transports[name] || 0) + 1;
 }
-out({ event: "open", opened: opened.sockets.length, failed: opened.failed, seconds: opened.seconds, transports, ...counts });
+out({
+  event: "open",
+  opened: opened.sockets.length,
+  failed: opened.failed,
+  seconds: opened.seconds,
+  transports,
+  ...counts,
+});
 
 for await (const line of createInterface({ input: process.stdin })) {
   const command = JSON.parse(line);
@@ -251,12 +271,12 @@ for await (const line of createInterface({ input: process.stdin })) {
       const name = socket.transport() ?? "none";
       transportsNow[name] = (transportsNow[name] || 0) + 1;
     }
-    const before = { ...counts };
+    const before = JSON.parse(JSON.stringify(counts));
     for (const socket of opened.sockets) socket.close();
     // Time for the close packets to go out (on polling, a POST each), so
     // the server ends the sessions now rather than at their ping timeout.
     await new Promise((resolve) => setTimeout(resolve, 1000));
-    out({ event: "closed", transports: transportsNow, ...before });
+    out({ event: "closed", transports: transportsNow, frames, ...before });
     break;
   }
 }

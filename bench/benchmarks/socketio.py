@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from bench.benchmarks.common import Context, pct_ms
-from bench.harness import ORIGIN, ROOT, Stack
+from bench.harness import ORIGIN, ROOT, Stack, redis_delta
 
 SCRIPT = ROOT / "bench" / "sio_load.mjs"
 NODE_MODULES = ROOT / "tests" / "node_modules"
@@ -59,7 +59,11 @@ class LoadClient:
             "origin": ORIGIN,
             "sockets": sockets,
             "concurrency": CONCURRENCY,
-            "timeout_ms": 60_000,
+            # A handshake, or a payment's succeeded, later than this failed.
+            "timeout_ms": 30_000,
+            # Past it no more sockets are opened: a stack that cannot hold
+            # them all is measured with what it holds (open_failures).
+            "open_deadline_ms": 1000 * (60 + sockets / 5),
         }
         self.proc: asyncio.subprocess.Process | None = None
         self.ps: psutil.Process | None = None
@@ -177,18 +181,21 @@ async def run_mode(
 
     client = LoadClient(stack, mode, sockets)
     try:
-        opened = await client.start(timeout=120 + sockets / 5)
+        opened = await client.start(timeout=180 + sockets / 5)
         progress(mode, f"{opened['opened']} sockets open in {opened['seconds']:.1f} s")
         await asyncio.sleep(1)
         rss_open = web.rss()
         redis_open = redis_footprint(stack)
         cpu0, t0 = web.cpu_seconds(), time.monotonic()
+        redis0 = stack.session.redis_info()
         await asyncio.sleep(idle_seconds)
         idle_cpu = 100 * (web.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        idle_redis = redis_delta(redis0, stack.session.redis_info())
         rss_idle = web.rss()
         stack.check_alive()
 
         before = cpu_now(stack, client)
+        redis1 = stack.session.redis_info()
         paid = await client.command(
             "paid",
             timeout=120 + payments,
@@ -197,6 +204,7 @@ async def run_mode(
             in_flight=in_flight,
         )
         after = cpu_now(stack, client)
+        paying_redis = redis_delta(redis1, stack.session.redis_info())
         progress(mode, f"{len(paid['records'])} payments in {paid['seconds']:.1f} s")
         stack.check_alive()
         closed = await client.command("closed", 60, cmd="close")
@@ -243,6 +251,12 @@ async def run_mode(
         ),
         "idle_seconds": idle_seconds,
         "idle_web_cpu_percent": round(idle_cpu, 2),
+        # Redis is the shared one in a run on REDIS_URL: other users' commands
+        # count too (see BENCHMARKS.md).
+        "idle_redis_commands_per_second": round(
+            idle_redis["commands"] / idle_seconds, 1
+        ),
+        "idle_redis_by_command": idle_redis["by_command"],
         "in_flight": in_flight,
         "payments": len(records),
         "warmup_payments": min(warmup, done),
@@ -260,6 +274,11 @@ async def run_mode(
                 [r["t_processing"] - r["t_post"] for r in records if r["t_processing"]]
             )
         ),
+        "redis_commands_per_payment": round(paying_redis["commands"] / max(1, done), 1),
+        "redis_by_command_per_payment": {
+            name: round(count / max(1, done), 2)
+            for name, count in paying_redis["by_command"].items()
+        },
         "http_errors": paid["errors"]["http"],
         "http_error_statuses": paid["errors"]["statuses"],
         "lost": paid["errors"]["lost"],
@@ -267,6 +286,9 @@ async def run_mode(
         "disconnects": closed["disconnects"],
         "reconnects": closed["reconnects"],
         "connect_errors": closed["connect_errors"],
+        "disconnect_reasons": closed["disconnect_reasons"],
+        "disconnects_while_opening": opened["disconnects"],
+        "disconnect_reasons_while_opening": opened["disconnect_reasons"],
         "cpu_ms_per_payment": {
             part: per_payment_ms(part)
             for part in ("web", "workers", "redis", "load_client")
@@ -300,8 +322,34 @@ async def bench_socketio(ctx: Context) -> dict[str, Any]:
         "in_flight": in_flight,
     }
     for mode in modes:
-        with Stack(ctx.session, ctx.config(workers=ctx.workers)) as stack:
-            out[mode] = await run_mode(
+        try:
+            out[mode] = await run_stack(
+                ctx,
+                mode,
+                sockets=sockets,
+                payments=payments,
+                in_flight=in_flight,
+                warmup=warmup,
+            )
+        except (Exception, TimeoutError) as exc:
+            # One mode failing must not lose the others' figures.
+            print(f"   {mode}: failed: {exc!r}"[:2000], flush=True)
+            out[mode] = {"error": repr(exc)[:2000]}
+    return out
+
+
+async def run_stack(
+    ctx: Context,
+    mode: str,
+    *,
+    sockets: int,
+    payments: int,
+    in_flight: int,
+    warmup: int,
+) -> dict[str, Any]:
+    with Stack(ctx.session, ctx.config(workers=ctx.workers)) as stack:
+        try:
+            return await run_mode(
                 stack,
                 mode,
                 sockets=sockets,
@@ -311,4 +359,8 @@ async def bench_socketio(ctx: Context) -> dict[str, Any]:
                 idle_seconds=ctx.pick(2.0, 30.0),
                 warm_sockets=ctx.pick(5, 20),
             )
-    return out
+        finally:
+            if not stack.session.own_redis:
+                # A shared Redis: leave nothing of this stack behind.
+                for key in stack.session.redis.scan_iter(match=f"{stack.prefix}*"):
+                    stack.session.redis.delete(key)
