@@ -347,8 +347,9 @@ async def run_stack(
     in_flight: int,
     warmup: int,
 ) -> dict[str, Any]:
-    with Stack(ctx.session, ctx.config(workers=ctx.workers)) as stack:
-        try:
+    stack = Stack(ctx.session, ctx.config(workers=ctx.workers))
+    try:
+        with stack:
             return await run_mode(
                 stack,
                 mode,
@@ -359,8 +360,9 @@ async def run_stack(
                 idle_seconds=ctx.pick(2.0, 30.0),
                 warm_sockets=ctx.pick(5, 20),
             )
-        finally:
-            if not stack.session.own_redis:
-                # A shared Redis: leave nothing of this stack behind.
-                for key in stack.session.redis.scan_iter(match=f"{stack.prefix}*"):
-                    stack.session.redis.delete(key)
+    finally:
+        if not stack.session.own_redis:
+            # A shared Redis: leave nothing of this stack behind, once its
+            # processes (which close their sessions there) are gone.
+            for key in stack.session.redis.scan_iter(match=f"{stack.prefix}*"):
+                stack.session.redis.delete(key)
