@@ -197,6 +197,7 @@ class Session:
             "PAYMENTS_SIMULATED_DELAY": "0",
             # Thousands of sockets come from one address here.
             "REALTIME_MAX_CONNECTIONS_PER_CLIENT": "1000000",
+            "SOCKETIO_MAX_SESSIONS_PER_CLIENT": "1000000",
             **extra,
         }
         env.pop("RUN_MAIN", None)

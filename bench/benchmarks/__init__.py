@@ -15,6 +15,7 @@ from bench.benchmarks.micro import bench_micro
 from bench.benchmarks.polling import bench_polling
 from bench.benchmarks.profile import bench_profile
 from bench.benchmarks.soak import bench_soak
+from bench.benchmarks.socketio import bench_socketio
 
 __all__ = ["BENCHMARKS", "Context"]
 
@@ -26,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[Context], Coroutine[Any, Any, dict[str, Any]]]] 
     "polling": bench_polling,
     "choices": bench_choices,
     "soak": bench_soak,
+    "socketio": bench_socketio,
     "micro": bench_micro,
     "profile": bench_profile,
 }

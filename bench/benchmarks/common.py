@@ -32,6 +32,11 @@ class Context:
     workers: int = 1
     profile_dir: Path | None = None
     db: str = "sqlite"
+    # Sizes of the socketio benchmark (None: its defaults, smaller with --quick).
+    sockets: int | None = None
+    payments: int | None = None
+    in_flight: int | None = None
+    modes: list[str] | None = None
 
     def config(self, **kwargs: Any) -> StackConfig:
         kwargs.setdefault("server", self.server)
