@@ -5,11 +5,11 @@ from .base import env
 
 # GENERAL
 # ------------------------------------------------------------------------------
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# No defaults: a process started without them fails at once. Base has
+# already read REDIS_URL into the channel layer and the cache when it is set.
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 REDIS_URL = env("REDIS_URL")
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = REDIS_URL  # noqa: F405
 
 # SECURITY
 # ------------------------------------------------------------------------------
