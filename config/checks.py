@@ -21,6 +21,8 @@ from django.core.checks import CheckMessage, Error, Warning
 # Settings read from the environment variable of the same name that must be
 # a finite number above 0; then those where 0 is allowed (no delay, no limit).
 POSITIVE = [
+    "ASGI_REQUEST_THREADS",
+    "ASGI_REQUEST_THREAD_TIMEOUT",
     "TASKS_WORKER_HEARTBEAT_INTERVAL",
     "TASKS_WORKER_DEAD_AFTER",
     "TASKS_WORKER_CONN_MAX_AGE",
@@ -103,6 +105,17 @@ def _database() -> Iterator[CheckMessage]:
                     "DJANGO_DB_POOL_MIN_SIZE, DJANGO_DB_POOL_MAX_SIZE: sizes with "
                     f"0 <= min <= max and max above 0 are needed, not {low}, {high} "
                     f"(database {alias!r}).",
+                )
+            threads = settings.ASGI_REQUEST_THREADS
+            if isinstance(threads, int) and high <= threads:
+                # Each busy request thread holds a connection, the WebSocket
+                # consumers' thread one more; with fewer, requests wait for
+                # the pool and are answered 503. A worker opens only what it
+                # uses: the larger cap costs it nothing.
+                yield _error(
+                    10,
+                    f"DJANGO_DB_POOL_MAX_SIZE ({high}, database {alias!r}) must be "
+                    f"at least ASGI_REQUEST_THREADS + 1 ({threads + 1}).",
                 )
             if not (_finite(timeout) and timeout > 0):
                 yield _error(

@@ -68,7 +68,11 @@ def redis_url() -> str:
 
 @pytest.fixture
 async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client on config.asgi's HTTP handler, Django's middleware and all."""
+    """An httpx client on config.asgi's HTTP application, Django's middleware and all.
+
+    A fresh handler of the class config.asgi serves HTTP with, so that its
+    kept threads' database connections can be closed after the test.
+    """
     from config.handlers import SyncStackASGIHandler
 
     handler = SyncStackASGIHandler()
@@ -77,3 +81,4 @@ async def asgi_client() -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://testserver"
     ) as client:
         yield client
+    handler.threads.close()

@@ -1003,6 +1003,41 @@ def test_postgresql_pool_and_kept_connections_are_refused_together() -> None:
     assert "DJANGO_DB_POOL" in refused.stderr
 
 
+def start_web(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Build the web process's application, as daphne does at start."""
+    return run_python("-c", "import config.asgi", env=env)
+
+
+def test_a_pool_smaller_than_the_request_threads_is_refused() -> None:
+    env = production_env(
+        DATABASE_URL="postgres://app@db.example.com:5432/payments",
+        ASGI_REQUEST_THREADS="16",
+    )
+    small = env | {"DJANGO_DB_POOL_MAX_SIZE": "16"}
+
+    for refused in (start_web(small), manage("check", env=small)):
+        assert refused.returncode != 0
+        assert "DJANGO_DB_POOL_MAX_SIZE (16, database 'default')" in refused.stderr
+        assert "payments.E010" in refused.stderr
+    started = start_web(env | {"DJANGO_DB_POOL_MAX_SIZE": "17"})
+    assert started.returncode == 0, started.stderr
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_asgi_request_thread_timeout_must_be_positive_and_finite(timeout) -> None:
+    refused = manage("check", env=production_env(ASGI_REQUEST_THREAD_TIMEOUT=timeout))
+
+    assert refused.returncode != 0
+    assert "ASGI_REQUEST_THREAD_TIMEOUT" in refused.stderr
+
+
+def test_asgi_request_threads_below_one_are_refused() -> None:
+    refused = manage("check", env=production_env(ASGI_REQUEST_THREADS="0"))
+
+    assert refused.returncode != 0
+    assert "ASGI_REQUEST_THREADS" in refused.stderr
+
+
 # Secrets never reach the logs -----------------------------------------------------
 
 

@@ -32,6 +32,8 @@ def test_the_shipped_settings_pass() -> None:
 @pytest.mark.parametrize(
     "name",
     [
+        "ASGI_REQUEST_THREADS",
+        "ASGI_REQUEST_THREAD_TIMEOUT",
         "TASKS_WORKER_HEARTBEAT_INTERVAL",
         "PAYMENTS_REDELIVER_AFTER",
         "PAYMENTS_NOTIFIED_MARK_INTERVAL",
@@ -92,7 +94,17 @@ def test_a_pool_and_kept_connections_are_refused_together() -> None:
 def test_pool_sizes_and_timeout_are_sane(pool: dict[str, float], expected: str) -> None:
     databases = with_database(OPTIONS={"pool": pool}, CONN_MAX_AGE=0)
 
-    assert project_ids(DATABASES=databases) == [expected]
+    found = project_ids(DATABASES=databases, ASGI_REQUEST_THREADS=1)
+    assert expected in found and "payments.E004" not in found
+
+
+@ignore_databases_override
+def test_the_pool_holds_a_connection_per_request_thread_and_one_more() -> None:
+    def pool(size: int) -> dict[str, dict[str, object]]:
+        return with_database(OPTIONS={"pool": {"max_size": size}}, CONN_MAX_AGE=0)
+
+    assert project_ids(ASGI_REQUEST_THREADS=16, DATABASES=pool(16)) == ["payments.E010"]
+    assert project_ids(ASGI_REQUEST_THREADS=16, DATABASES=pool(17)) == []
 
 
 def test_the_worker_lease_outlasts_two_heartbeats() -> None:

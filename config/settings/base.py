@@ -45,8 +45,7 @@ else:
     # A connection opened per request costs a backend start and
     # authentication every time. A pool per process (psycopg_pool, Django's
     # "pool" option) lends each request a connection opened earlier, and
-    # bounds how many the process holds. Pooling excludes CONN_MAX_AGE,
-    # which Django advises against under ASGI (a thread per request).
+    # bounds how many the process holds. Pooling excludes CONN_MAX_AGE.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Both turned on is refused by a system check (config.checks).
     if env.bool("DJANGO_DB_POOL", default=not DATABASES["default"]["CONN_MAX_AGE"]):
@@ -57,6 +56,17 @@ else:
             # database away) before it is answered 503.
             "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=5.0),
         }
+
+# ASGI
+# ------------------------------------------------------------------------------
+# Threads the web process keeps for HTTP requests' sync code (Django's
+# handler starts one per request, config.handlers says what that costs); a
+# request beyond them waits for one. Each busy one holds a database
+# connection: the pool's max size must be above it (config.checks).
+ASGI_REQUEST_THREADS = env.int("ASGI_REQUEST_THREADS", default=16)
+# Seconds a request waits for a free thread before it is answered 503 (all
+# of them stuck, behind a database lock say, rather than merely busy).
+ASGI_REQUEST_THREAD_TIMEOUT = env.float("ASGI_REQUEST_THREAD_TIMEOUT", default=10.0)
 
 # URLS
 # ------------------------------------------------------------------------------
