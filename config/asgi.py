@@ -15,6 +15,13 @@ from config.handlers import SyncStackASGIHandler  # noqa: E402
 
 django_asgi_app = SyncStackASGIHandler()
 
+from django.core.management.base import BaseCommand  # noqa: E402
+
+# The settings' system checks (config.checks), which manage.py's commands
+# run and daphne does not: a bad setting stops the web here. Only those: the
+# model checks would open a database connection at import.
+BaseCommand().check(tags=["payments"])
+
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 

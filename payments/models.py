@@ -77,10 +77,6 @@ class Payment(models.Model):
     def __str__(self) -> str:
         return f"{self.id} {self.status}"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
 
 class PaymentEvent(models.Model):
     """One status transition; rows are only ever added."""

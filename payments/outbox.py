@@ -2,10 +2,9 @@
 
 A change is pushed once its transaction commits, then marked so recovery
 does not push it again. Marked one by one, that is a write transaction per
-change after its push: on SQLite, two turns a payment at the database's
-single write lock. The worker marks in batches instead: the pushing thread
-only notes the ids, and a thread of its own writes them all in one UPDATE
-every PAYMENTS_NOTIFIED_MARK_INTERVAL seconds
+change after its push, two a payment. The worker marks in batches instead:
+the pushing thread only notes the ids, and a thread of its own writes them
+all in one UPDATE every PAYMENTS_NOTIFIED_MARK_INTERVAL seconds
 (payments.worker.mark_writer). Marks not yet written when
 the worker dies are lost, so those changes are pushed again by recovery:
 sockets drop versions they already have, so at worst a duplicate frame is

@@ -247,25 +247,28 @@ def payment_process(*, payment_id: uuid.UUID | str) -> None:
     """
     payment = payment_start_processing(payment_id=payment_id)
     if payment is None:
-        payment = Payment.objects.filter(pk=payment_id).first()
-        if payment is None or payment.status != PaymentStatus.PROCESSING:
-            return
-    gateway = get_gateway()
-    result, call = _gateway_call(
-        payment, "charge", lambda: gateway.charge(payment=payment)
-    )
-    _payment_apply_result(payment, result, call)
+        payment = _processing_payment(payment_id)
+    if payment is not None:
+        _payment_ask_gateway(payment, "charge")
 
 
 def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
     """Ask the gateway for the outcome of a processing payment and apply it."""
-    payment = Payment.objects.filter(pk=payment_id).first()
-    if payment is None or payment.status != PaymentStatus.PROCESSING:
-        return
-    gateway = get_gateway()
-    result, call = _gateway_call(
-        payment, "retrieve", lambda: gateway.retrieve(payment=payment)
-    )
+    payment = _processing_payment(payment_id)
+    if payment is not None:
+        _payment_ask_gateway(payment, "retrieve")
+
+
+def _processing_payment(payment_id: uuid.UUID | str) -> Payment | None:
+    return Payment.objects.filter(
+        pk=payment_id, status=PaymentStatus.PROCESSING
+    ).first()
+
+
+def _payment_ask_gateway(payment: Payment, operation: str) -> None:
+    """Call the gateway's ``charge`` or ``retrieve`` and apply the outcome."""
+    method = getattr(get_gateway(), operation)
+    result, call = _gateway_call(payment, operation, lambda: method(payment=payment))
     _payment_apply_result(payment, result, call)
 
 
@@ -295,7 +298,7 @@ def _payment_apply_result(
     payment: Payment, result: GatewayResult, call: GatewayCall
 ) -> None:
     # The call's record commits with what it decided: one write transaction
-    # (on SQLite, one turn at the single write lock) fewer per gateway call.
+    # fewer per gateway call.
     # A job that dies before the commit repeats the call, which is
     # idempotent, and records it then.
     with transaction.atomic():

@@ -51,7 +51,7 @@ def rss_bytes(pid: int) -> int:
 def database_url(settings_dict: dict[str, Any]) -> str:
     """Return a DATABASE_URL (django-environ) for the database in settings_dict."""
     engine, name = settings_dict["ENGINE"], str(settings_dict["NAME"])
-    if engine in ("config.sqlite3", "django.db.backends.sqlite3"):
+    if engine == "django.db.backends.sqlite3":
         if name == ":memory:" or name.startswith("file:"):
             raise RuntimeError(
                 "the test database is in memory; other processes cannot open it "

@@ -618,7 +618,9 @@ def test_backlog_past_the_stuck_deadline_is_charged_and_run_once(
     Their jobs are still queued, so recovery must not enqueue them again: one
     charge, one retrieve, one job of each kind per payment.
     """
-    stack = start_stack(PAYMENTS_STUCK_AFTER="1", PAYMENTS_SIMULATED_DELAY="0.3")
+    # A settle delay well above a write's wait for SQLite's lock (with two
+    # workers), so that every charge answers "pending" and one retrieve follows.
+    stack = start_stack(PAYMENTS_STUCK_AFTER="1", PAYMENTS_SIMULATED_DELAY="1.5")
     stack.kill_worker()
     payments = [create_payment_sync(stack) for _ in range(20)]
     ids = [p["id"] for p in payments]

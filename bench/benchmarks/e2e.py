@@ -124,6 +124,11 @@ async def run_payments(
         "post_response_ms": pct_ms([r["t_response"] - r["t_post"] for r in measured]),
         **stages,
         "web_cpu_percent": round(100 * (cpu1["web"] - cpu0["web"]) / elapsed, 1),
+        # Per payment (warm-up included, as the CPU is): the web's create,
+        # its WebSocket frames and its share of the handshakes.
+        "web_cpu_ms_per_payment": round(
+            1000 * (cpu1["web"] - cpu0["web"]) / max(1, len(records)), 2
+        ),
         "workers_cpu_percent": round(
             100 * (cpu1["workers"] - cpu0["workers"]) / elapsed, 1
         ),

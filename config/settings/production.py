@@ -1,25 +1,23 @@
 """Production: secrets and hosts come from the environment with no default."""
 
-from django.core.exceptions import ImproperlyConfigured
-
 from .base import *  # noqa: F403
 from .base import env
 
 # GENERAL
 # ------------------------------------------------------------------------------
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# No defaults: a process started without them fails at once. Base has
+# already read REDIS_URL into the channel layer and the cache when it is set.
 SECRET_KEY = env("DJANGO_SECRET_KEY")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS")
 REDIS_URL = env("REDIS_URL")
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = REDIS_URL  # noqa: F405
 
 # LOGGING
 # ------------------------------------------------------------------------------
 # One JSON object per line, for the log pipeline.
 LOG_FORMAT = env("DJANGO_LOG_FORMAT", default="json")
-if LOG_FORMAT not in LOG_FORMATS:  # noqa: F405
-    raise ImproperlyConfigured("DJANGO_LOG_FORMAT: plain or json.")
-LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
+LOGGING["handlers"]["console"]["formatter"] = (  # noqa: F405
+    LOG_FORMAT if LOG_FORMAT in LOG_FORMATS else "plain"  # noqa: F405
+)
 
 # SECURITY
 # ------------------------------------------------------------------------------

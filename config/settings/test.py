@@ -17,7 +17,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # ------------------------------------------------------------------------------
 # A file, not SQLite's in-memory default: the end-to-end tests' daphne and
 # worker processes must open the very database the test writes to.
-if DATABASES["default"]["ENGINE"] == "config.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # One file per test run, so runs side by side never share a database.
     DATABASES["default"]["TEST"] = {
         "NAME": str(
@@ -63,7 +63,3 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {  # noqa: F405
 # django-axes refuses; the lockout's tests turn it on (settings fixture, or
 # AXES_ENABLED=true for live processes).
 AXES_ENABLED = env.bool("AXES_ENABLED", default=False)
-
-# PAYMENTS
-# ------------------------------------------------------------------------------
-PAYMENTS_SIMULATED_DELAY = env.float("PAYMENTS_SIMULATED_DELAY", default=0.0)

@@ -46,6 +46,16 @@ def printable_name(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def socket_id_field() -> serializers.RegexField:
+    return serializers.RegexField(
+        SOCKET_ID_PATTERN,
+        required=False,
+        allow_blank=True,
+        default="",
+        error_messages={"invalid": "Not a socket id received in a socket-id frame."},
+    )
+
+
 class PaymentCreateInputSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     amount = StrictIntegerField(min_value=1, max_value=AMOUNT_MAX)
     currency = serializers.CharField(required=False, max_length=3)
@@ -55,13 +65,7 @@ class PaymentCreateInputSerializer(RejectUnknownFieldsMixin, serializers.Seriali
     description = serializers.CharField(
         required=False, max_length=255, allow_blank=True, default=""
     )
-    socket_id = serializers.RegexField(
-        SOCKET_ID_PATTERN,
-        required=False,
-        allow_blank=True,
-        default="",
-        error_messages={"invalid": "Not a socket id received in a socket-id frame."},
-    )
+    socket_id = socket_id_field()
 
     def validate_currency(self, value: str) -> str:
         if value not in settings.PAYMENTS_CURRENCIES:
@@ -90,13 +94,7 @@ class SeedPaymentInputSerializer(PaymentCreateInputSerializer):
     """The seed frontend's body: ``{"amount": 1000, "socketId": "..."}``."""
 
     socket_id = None
-    socketId = serializers.RegexField(  # noqa: N815 - the seed frontend's name
-        SOCKET_ID_PATTERN,
-        required=False,
-        allow_blank=True,
-        default="",
-        error_messages={"invalid": "Not a socket id received in a socket-id frame."},
-    )
+    socketId = socket_id_field()  # noqa: N815 - the seed frontend's name
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)

@@ -1,1 +1,0 @@
-"""SQLite backend whose writers queue on a file lock (see base.py)."""
