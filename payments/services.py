@@ -23,7 +23,13 @@ from ops import metrics
 from ops.request_id import current_request_id
 from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
-from payments.models import GatewayCall, Payment, PaymentEvent, PaymentStatus
+from payments.models import (
+    TERMINAL_STATUSES,
+    GatewayCall,
+    Payment,
+    PaymentEvent,
+    PaymentStatus,
+)
 from payments.payloads import payment_public_data
 from realtime import notify
 
@@ -161,7 +167,7 @@ def _committed(
     metrics.observe_transition(
         from_status=from_status,
         to_status=payment.status,
-        terminal=payment.is_terminal,
+        terminal=payment.status in TERMINAL_STATUSES,
         now=now,
         created_at=payment.created_at,
         entered_at=entered_at,

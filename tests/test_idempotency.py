@@ -19,7 +19,7 @@ from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import idempotency
+from payments.api import idempotency
 from payments.models import IdempotencyKey, Payment
 from tests.live import LiveStack, database_url, live_stack
 
