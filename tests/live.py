@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -387,3 +389,67 @@ def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:
         client.rpush(gate, *[b"open"] * charges)
     finally:
         client.close()
+
+
+HAPROXY = "/usr/sbin/haproxy"
+HAPROXY_CFG = REPO_ROOT / "deploy" / "haproxy.cfg"
+
+
+class HAProxy:
+    """Debian's HAProxy with deploy/haproxy.cfg, in front of local web processes.
+
+    The deployment's file as it is, but for its ``server-template`` line
+    (Docker's DNS names in compose), replaced by one ``server webN`` line per
+    port given. ``X-Served-By`` is on (HAPROXY_SERVED_BY): each response
+    names the web process that served it. HAProxy logs one line per request
+    to its stdout (httplog: ``backend/server`` and the request line), kept in
+    ``process.output()``.
+    """
+
+    def __init__(self, backends: list[int], *, http_check: bool = True) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.ws_url = f"ws://{HOST}:{self.port}"
+        self.names = {port: f"web{i}" for i, port in enumerate(backends, 1)}
+        config = HAPROXY_CFG.read_text()
+        servers = "".join(
+            f"    server {name} {HOST}:{port}\n" for port, name in self.names.items()
+        )
+        config, replaced = re.subn(r"(?m)^\s*server-template .*\n", servers, config)
+        assert replaced == 1, "deploy/haproxy.cfg: one server-template line expected"
+        # Checks every 0.5 s: a killed web is out of rotation within a second.
+        config = config.replace("inter 2s fall 2 rise 2", "inter 500ms fall 2 rise 1")
+        if not http_check:
+            config = re.sub(r"(?m)^\s*(option httpchk|http-check ).*\n", "", config)
+        self._config = tempfile.NamedTemporaryFile(
+            "w", prefix="haproxy-", suffix=".cfg", delete=False
+        )
+        self._config.write(config)
+        self._config.close()
+        self.config_path = Path(self._config.name)
+        self.process: Process | None = None
+
+    def __enter__(self) -> HAProxy:
+        env = process_env(
+            HAPROXY_BIND=f"{HOST}:{self.port}",
+            HAPROXY_CHECK_HOST="localhost",
+            HAPROXY_SERVED_BY="1",
+        )
+        self.process = Process(
+            "haproxy", [HAPROXY, "-db", "-f", str(self.config_path)], env
+        )
+        self.process.wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self.process is not None:
+                self.process.stop()
+                print(self.process.report())  # shown by pytest when a test fails
+        finally:
+            self.config_path.unlink(missing_ok=True)
+
+    def log_lines(self) -> list[str]:
+        assert self.process is not None
+        return self.process.output().splitlines()

@@ -14,12 +14,20 @@ const PAYMENT_METHOD = process.env.SIO_PAYMENT_METHOD || "";
 const PINGS = Number(process.env.SIO_PINGS || "0"); // hold until this many pings
 const TIMEOUT_MS = Number(process.env.SIO_TIMEOUT_MS || "30000");
 const ORIGIN = process.env.SIO_ORIGIN || "http://localhost:3000";
+// Tags each client's requests with ?client=TAG<index>, so a proxy's log can
+// tell which web process served whose connection (tests/test_topology.py).
+const TAG = process.env.SIO_TAG || "";
+// Milliseconds between the clients' starts: a ramp rather than every
+// handshake at once, for many clients on a few shared cores.
+const RAMP_MS = Number(process.env.SIO_RAMP_MS || "0");
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 // What a browser at ORIGIN sends with every request; Node sends none.
-const BROWSER = { extraHeaders: { Origin: ORIGIN }, ...(TRANSPORTS ? { transports: TRANSPORTS } : {}) };
+const BROWSER_DEFAULTS = { extraHeaders: { Origin: ORIGIN }, ...(TRANSPORTS ? { transports: TRANSPORTS } : {}) };
 const log = (line) => process.stdout.write(JSON.stringify(line) + "\n");
 
 async function client(index) {
+  if (RAMP_MS) await new Promise((resolve) => setTimeout(resolve, index * RAMP_MS));
+  const BROWSER = TAG ? { ...BROWSER_DEFAULTS, query: { client: `${TAG}${index}` } } : BROWSER_DEFAULTS;
   const result = { index, statuses: [], disconnects: [], pings: 0, connects: 0 };
   let setSocketId, setFinal;
   const socketIdReceived = new Promise((resolve) => (setSocketId = resolve));
@@ -71,6 +79,8 @@ async function client(index) {
       const response = await axios.post(`${API_BASE_URL}/api/payments/make-payment-with-socket`, body);
       // ------------------------------------------------------------ post's frontend
       payment = response.data.payment;
+      // Set by a proxy that names the web process serving each request.
+      result.postServedBy = response.headers["x-served-by"];
       result.paymentId = payment.id;
       log({ paid: index, paymentId: payment.id });
       const final = await Promise.race([finished, deadline("final status")]);

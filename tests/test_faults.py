@@ -43,6 +43,7 @@ from payments.models import (
     WorkerHeartbeat,
 )
 from realtime import groups, notify
+from scripts.processes import Process, worker_command
 from tests.helpers import (
     create_payment_sync,
     next_frame_sync,
@@ -51,7 +52,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.live import (
-    LiveProcess,
     LiveStack,
     database_url,
     free_port,
@@ -761,9 +761,9 @@ def test_a_second_worker_under_a_live_workers_id_refuses_to_start(start_stack):
         lambda: WorkerHeartbeat.objects.filter(worker_id=live.name).exists(),
         "the live worker's lease",
     )
-    twin = LiveProcess(
+    twin = Process(
         "db_worker-twin",
-        ["manage.py", "db_worker", "--no-reload", "--worker-id", live.name],
+        worker_command(worker_id=live.name),
         # It waits out the lease of a dead process first: two seconds here.
         {
             **stack.env,
