@@ -8,8 +8,9 @@
   own default is 1 MiB); bigger ones are closed with 1009 before Python reads
   them.
 - The access log shows ``client_secret=[redacted]`` (however the name is
-  spelled): daphne logs each request's query string, and the polling
-  fallback carries the secret there.
+  spelled) and ``sid=[redacted]``: daphne logs each request's query string,
+  the polling fallback carries the secret there, and Socket.IO's session id
+  is a bearer credential of its session.
 - HTTP requests go through realtime.http_edge: body limits before the body
   is read, a deadline for the request head, no client-set root path, and
   JSON errors.
@@ -35,6 +36,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
 from realtime.http_edge import LimitedHTTPFactory
+from realtime.socketio import limits as socketio_limits
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ CLOSE_TIMEOUT = 5.0
 #: 60 s (nginx's and AWS ALB's defaults).
 WEB_FLAGS = ("--ping-interval", "45", "--ping-timeout", "60")
 #: A query parameter whose name, reduced to its letters, contains this never
-#: has its value logged.
+#: has its value logged; nor one whose name is one of REDACTED_NAMES.
 REDACTED_NAME_PART = "secret"
+#: Engine.IO's session id: whoever has it can read and send as the session.
+REDACTED_NAMES = frozenset({"sid"})
 NOT_A_LETTER = re.compile(r"[^a-z]")
 
 
@@ -67,7 +71,8 @@ def is_secret_name(name: str) -> bool:
         if decoded == name:
             break
         name = decoded
-    return REDACTED_NAME_PART in NOT_A_LETTER.sub("", name.lower())
+    letters = NOT_A_LETTER.sub("", name.lower())
+    return REDACTED_NAME_PART in letters or letters in REDACTED_NAMES
 
 
 def redact_query(path: str) -> str:
@@ -121,6 +126,8 @@ class GracefulServer(Server):
             from django.conf import settings
 
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
+        # Socket.IO advertises no more than this (its open packet's maxPayload).
+        socketio_limits.server_message_limit = kwargs["websocket_max_message_size"]
         if kwargs.get("action_logger") is not None:
             kwargs["action_logger"] = RedactingActionLogger(kwargs["action_logger"])
         super().__init__(*args, **kwargs)

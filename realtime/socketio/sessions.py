@@ -6,8 +6,9 @@ What a live session needs is in Redis under the channel layer's prefix:
 
 - ``<prefix>:sio:<sid>``: a hash (the owner's channel, whether upgraded);
 - ``<prefix>:sio:<sid>:box``: the mailbox, a list of encoded packets for the
-  client, read by whichever process holds the pending GET (or the upgraded
-  WebSocket);
+  client, read by whichever process holds the pending GET; drained once into
+  the WebSocket on the upgrade, after which packets go to the upgraded
+  consumer's channel and none hold a connection waiting here;
 - ``<prefix>:sio:<sid>:get`` / ``:post``: one request of each kind in flight.
 
 The mailbox is a Redis list, not a channel-layer channel: the default layer
@@ -177,10 +178,25 @@ class SessionStore:
             await self.redis.delete(self.box_key)
         return batch
 
-    async def close(self) -> None:
-        """End the session: unknown from now on, its reader told by a close packet."""
+    async def take_all(self) -> list[str]:
+        """Empty the mailbox; return what it held, in order."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.box_key, 0, -1)
+            pipe.delete(self.box_key)
+            queued, _ = await pipe.execute()
+        return queued
+
+    async def close(self, *, read: bool = True) -> None:
+        """End the session: unknown from now on.
+
+        ``read``: a GET may still read the mailbox, and is told by a close
+        packet; else (upgraded) the mailbox goes too.
+        """
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.state_key, self.lock_key(POST))
-            pipe.rpush(self.box_key, packets.CLOSE)
-            pipe.expire(self.box_key, round(CLOSE_GRACE))
+            if read:
+                pipe.rpush(self.box_key, packets.CLOSE)
+                pipe.expire(self.box_key, round(CLOSE_GRACE))
+            else:
+                pipe.delete(self.box_key, self.lock_key(GET))
             await pipe.execute()
