@@ -38,6 +38,8 @@ GET, POST = "get", "post"
 CLOSE_GRACE = 5.0
 #: Packets a mailbox may hold before the session is closed as not reading.
 MAILBOX_CAPACITY = 1000
+#: Seconds a command waits for a free connection of the sessions' pool.
+POOL_TIMEOUT = 5.0
 
 
 def _signer() -> Signer:
@@ -85,14 +87,19 @@ def redis_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst (every owner's renewal at once on a busy
+        # loop) waits a moment for a connection where redis-py's default
+        # pool fails the command at once ("Too many connections").
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             decode_responses=True,
             socket_timeout=_longest_wait() + 10,
             socket_connect_timeout=5,
             max_connections=settings.SOCKETIO_MAX_REDIS_CONNECTIONS,
+            timeout=POOL_TIMEOUT,
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client
     return client
 
