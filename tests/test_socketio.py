@@ -548,6 +548,24 @@ def test_two_hundred_upgraded_sockets_hold_no_redis_connection_each(
             for upgraded in sockets:
                 answer = recv_past_noops(upgraded, timeout=30)
                 assert answer.startswith('42["error",{"code":"unknown_event"'), answer
+            for upgraded in sockets:
+                upgraded.close()
+            # Each session ends with its socket: its keys and channel-layer
+            # subscriptions go (and the server is not stopped with 200
+            # consumers still unsubscribing one by one).
+            deadline = time.monotonic() + 120
+            prefix = stack.channels_prefix
+
+            def left() -> list[bytes]:
+                return client.keys(f"{prefix}:sio:*") + [
+                    channel
+                    for pattern in ("specific.*", "sio.*", "__group__*")
+                    for channel in client.pubsub_channels(f"{prefix}{pattern}")
+                ]
+
+            while remaining := left():
+                assert time.monotonic() < deadline, remaining[:5]
+                time.sleep(0.1)  # polling Redis for the sessions' end
         finally:
             for upgraded in sockets:
                 upgraded.close()
