@@ -13,9 +13,9 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from ops.metrics import FRAMES_SENT, WEBSOCKETS_OPEN
-from realtime import frames, groups
+from realtime import frames, groups, ratelimit
 from realtime.frames import FrameError
-from realtime.ratelimit import FrameRateLimit, Verdict
+from realtime.ratelimit import FrameRateLimit
 from realtime.subscriptions import PaymentSubscriptions
 
 logger = logging.getLogger(__name__)
@@ -133,18 +133,18 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             # this covers other servers.
             await self.close(code=MESSAGE_TOO_BIG)
             return
-        verdict = self.rate_limit.check()
-        if verdict is Verdict.WARN:
-            await self.send_error(
-                "rate_limited",
-                f"frame: at most {settings.REALTIME_RATE_LIMIT:g} frames a "
-                "second; slow down or the socket is closed.",
-            )
-        elif verdict is Verdict.CLOSE:
-            logger.warning("closing a socket that kept flooding (1008)")
-            await self.close(code=POLICY_VIOLATION)
-        if verdict is Verdict.ALLOW:
+        if await ratelimit.admit(
+            self.rate_limit,
+            unit="frame",
+            holder="socket",
+            warn=self.send_error,
+            close=self._close_flooding,
+        ):
             await self.receive_json(text_data if text_data is not None else bytes_data)
+
+    async def _close_flooding(self) -> None:
+        logger.warning("closing a socket that kept flooding (1008)")
+        await self.close(code=POLICY_VIOLATION)
 
     async def receive_json(self, content: str | bytes, **kwargs: Any) -> None:
         """Answer one client frame; every refusal is a FrameError, sent here."""

@@ -2,14 +2,15 @@
 
 A token bucket, plus the count of frames refused since the client last
 calmed down: the first refusal is answered (``WARN``), a burst's worth more
-closes the socket (``CLOSE``). The JSON consumer and the Socket.IO session
-act on the verdict; the rule lives here once.
+closes the socket (``CLOSE``). ``admit`` acts on the verdict for the JSON
+consumer and every Socket.IO transport alike; the rule lives here once.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
@@ -59,3 +60,29 @@ class FrameRateLimit:
         if self.refused >= 2 * self.rate:
             return Verdict.CLOSE
         return Verdict.REFUSE
+
+
+async def admit(
+    limit: FrameRateLimit,
+    *,
+    unit: str,
+    holder: str,
+    warn: Callable[[str, str], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+) -> bool:
+    """Check one client frame (or packet) against ``limit``; act on the verdict.
+
+    The first refusal calls ``warn(code, message)``, a flood calls
+    ``close()``; True if the frame may be served. ``unit`` and ``holder``
+    name what is counted and what is closed in the message.
+    """
+    verdict = limit.check()
+    if verdict is Verdict.WARN:
+        await warn(
+            "rate_limited",
+            f"{unit}: at most {limit.rate:g} {unit}s a second; slow down or the "
+            f"{holder} is closed.",
+        )
+    elif verdict is Verdict.CLOSE:
+        await close()
+    return verdict is Verdict.ALLOW

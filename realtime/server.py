@@ -11,7 +11,9 @@
   so it is JSON in production like every other line), shows
   ``client_secret=[redacted]`` (however the name is spelled: daphne logs
   each request's query string, and the polling fallback carries the secret
-  there), and leaves out the probes' and scrapes' successful answers.
+  there) and ``sid=[redacted]`` (Socket.IO's session id is a bearer
+  credential of its session), and leaves out the probes' and scrapes'
+  successful answers.
 - HTTP requests go through realtime.http_edge: body limits before the body
   is read, a deadline for the request head, no client-set root path, and
   JSON errors.
@@ -36,6 +38,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
 from realtime.http_edge import LimitedHTTPFactory, replying
+from realtime.socketio import limits as socketio_limits
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,10 @@ CLOSE_TIMEOUT = 5.0
 #: 60 s (nginx's and AWS ALB's defaults).
 WEB_FLAGS = ("--ping-interval", "45", "--ping-timeout", "60")
 #: A query parameter whose name, reduced to its letters, contains this never
-#: has its value logged.
+#: has its value logged; nor one whose name is one of REDACTED_NAMES.
 REDACTED_NAME_PART = "secret"
+#: Engine.IO's session id: whoever has it can read and send as the session.
+REDACTED_NAMES = frozenset({"sid"})
 NOT_A_LETTER = re.compile(r"[^a-z]")
 
 
@@ -68,7 +73,8 @@ def is_secret_name(name: str) -> bool:
         if decoded == name:
             break
         name = decoded
-    return REDACTED_NAME_PART in NOT_A_LETTER.sub("", name.lower())
+    letters = NOT_A_LETTER.sub("", name.lower())
+    return REDACTED_NAME_PART in letters or letters in REDACTED_NAMES
 
 
 def redact_query(path: str) -> str:
@@ -188,6 +194,8 @@ class GracefulServer(Server):
             from django.conf import settings
 
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
+        # Socket.IO advertises no more than this (its open packet's maxPayload).
+        socketio_limits.server_message_limit = kwargs["websocket_max_message_size"]
         if kwargs.get("action_logger") is not None:
             # daphne's stream logger (stdout, or --access-log's file) is
             # replaced: the access log follows LOGGING like every other line.

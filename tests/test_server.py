@@ -48,11 +48,18 @@ def test_flags_still_win() -> None:
         ("/p/?client%255Fsecret=abc", "/p/?client%255Fsecret=[redacted]"),
         ("/p/?+client_secret+=abc", "/p/?+client_secret+=[redacted]"),
         ("/p/?client-secret=abc", "/p/?client-secret=[redacted]"),
+        (
+            "/socket.io/?EIO=4&transport=polling&sid=abc.def&t=1",
+            "/socket.io/?EIO=4&transport=polling&sid=[redacted]&t=1",
+        ),
+        ("/socket.io/?SID=abc", "/socket.io/?SID=[redacted]"),
+        ("/socket.io/?s%69d=abc", "/socket.io/?s%69d=[redacted]"),
+        ("/p/?side=1&sids=2", "/p/?side=1&sids=2"),
         ("/api/p/1/?a=1", "/api/p/1/?a=1"),
         ("/api/p/1/", "/api/p/1/"),
     ],
 )
-def test_access_log_redacts_client_secret(path: str, logged: str) -> None:
+def test_access_log_redacts_client_secret_and_sid(path: str, logged: str) -> None:
     assert redact_query(path) == logged
 
 

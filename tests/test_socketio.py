@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from realtime.socketio import sessions
@@ -141,8 +141,13 @@ def two_webs(
         yield first, second, proxy
 
 
-def sids_in_log(stack: LiveStack) -> set[str]:
-    return set(re.findall(r"[?&]sid=([\w.-]+)", stack.web.output()))
+def sids_seen(proxy: RoundRobinProxy, port: int) -> set[str]:
+    """Session ids in the requests the proxy sent to ``port`` (the logs redact them)."""
+    return {
+        sid
+        for line in proxy.first_lines[port]
+        for sid in re.findall(r"[?&]sid=([\w.-]+)", line)
+    }
 
 
 @pytest.mark.parametrize(("transports", "ends_on"), TRANSPORT_MODES)
@@ -168,7 +173,7 @@ def test_fifty_clients_across_two_processes_none_lost(
         # One session's requests served by both processes: no stickiness.
         # Not asserted for the default mode: its few polls before the
         # upgrade often share one kept-alive connection, hence one process.
-        assert sids_in_log(first) & sids_in_log(second)
+        assert sids_seen(proxy, first.port) & sids_seen(proxy, second.port)
 
 
 def test_reconnect_through_the_other_process_after_a_kill(
@@ -251,6 +256,10 @@ def test_polling_refusals_and_an_idle_session_leaves_nothing(live: LiveStack) ->
         assert http.get(base, params=query).status_code == 400
     client = redis.Redis.from_url(live.redis_url)
     assert client.keys(f"{live.channels_prefix}:sio:*") == []
+    # The sid is a bearer credential of its session: never in the access log.
+    log = live.web.output()
+    assert "sid=[redacted]" in log
+    assert sid not in log
 
 
 # Engine.IO by hand: the protocol's edges the real client never takes -----------
@@ -324,9 +333,9 @@ class Polling:
         self.redis.close()
 
 
-def recv_past_noops(websocket: Any) -> str:
+def recv_past_noops(websocket: Any, timeout: float = WAIT) -> str:
     """Return the next packet but noops, which the mailbox may hold after an upgrade."""
-    while (packet := websocket.recv(WAIT)) == "6":
+    while (packet := websocket.recv(timeout)) == "6":
         pass
     return packet
 
@@ -427,21 +436,144 @@ def test_polling_sessions_per_client_are_capped_and_freed_when_one_ends(
     assert polling.handshake().status_code == 429
 
 
-def test_a_probe_never_followed_by_the_upgrade_is_closed(polling: Polling) -> None:
+@pytest.fixture
+def quick_upgrade(
+    transactional_db: None, isolated_channel_layer: str
+) -> Iterator[Polling]:
+    """A polling session on a web process whose upgrades time out after 2 s."""
+    with checked_stack(
+        isolated_channel_layer, worker=False, SOCKETIO_UPGRADE_TIMEOUT="2", **QUIET
+    ) as stack:
+        session = Polling(stack)
+        yield session
+        session.close()
+
+
+def test_a_probe_never_followed_by_the_upgrade_is_closed(
+    quick_upgrade: Polling,
+) -> None:
     # engine.io's upgradeTimeout: the probe socket goes, the session stays.
-    from websockets.exceptions import ConnectionClosed
-
-    from realtime.socketio.websocket import UPGRADE_TIMEOUT
-
+    polling = quick_upgrade
     polling.open()
     with polling.websocket() as probe:
         probe.send("2probe")
         assert probe.recv(WAIT) == "3probe"
         with pytest.raises(ConnectionClosed):
             while True:
-                probe.recv(UPGRADE_TIMEOUT + WAIT)
+                probe.recv(WAIT)
     assert polling.post("40").text == "ok"
     # Noops the upgrade left in the mailbox come first.
     while (answer := [p for p in polling.get().text.split("\x1e") if p != "6"]) == []:
         pass
     assert answer[0].startswith('40{"sid":')
+
+
+def test_a_websocket_with_a_sid_that_never_probes_is_closed(
+    quick_upgrade: Polling,
+) -> None:
+    polling = quick_upgrade
+    polling.open()
+    with polling.websocket() as idle, pytest.raises(ConnectionClosed):
+        idle.recv(WAIT)  # nothing sent: closed after the upgrade timeout
+    assert polling.post("40").text == "ok"
+    assert polling.get().text.startswith('40{"sid":')
+
+
+def test_a_long_polling_session_takes_no_channel_or_key_per_request(
+    polling: Polling,
+) -> None:
+    polling.open()
+    assert polling.post("40").text == "ok"
+    assert polling.get().text.startswith('40{"sid":')
+    prefix = polling.stack.channels_prefix
+
+    def subscribes() -> int:
+        stats = polling.redis.info("commandstats")
+        return stats.get("cmdstat_subscribe", {}).get("calls", 0)
+
+    before = subscribes()
+    for _ in range(30):
+        assert polling.post('42["nonsense"]').text == "ok"
+        assert '"unknown_event"' in polling.get().text
+        # The session's state, and its mailbox while a packet waits in it.
+        assert len(polling.redis.keys(f"{prefix}*")) <= 2
+    # Channels gives every consumer a channel: on the pub/sub layer a
+    # SUBSCRIBE (and an UNSUBSCRIBE) per request, none here.
+    assert subscribes() == before
+
+
+def test_the_open_packet_advertises_the_smallest_limit(polling: Polling) -> None:
+    # SOCKETIO_MAX_PAYLOAD 16384, REALTIME_MAX_FRAME_BYTES 4096 (the defaults).
+    opened = json.loads(polling.handshake().text[1:])
+    assert opened["maxPayload"] == 4096
+
+
+@pytest.mark.timeout(600)  # 200 handshakes in turn, on a machine shared by others
+def test_two_hundred_upgraded_sockets_hold_no_redis_connection_each(
+    transactional_db: None, isolated_channel_layer: str
+) -> None:
+    clients = 200
+    options = {
+        # A pool far smaller than the sockets: each upgraded socket used to
+        # hold one of its connections in a blocking pop on its mailbox.
+        "SOCKETIO_MAX_REDIS_CONNECTIONS": "10",
+        # No ping during the test: 200 handshakes in turn take minutes on a
+        # busy machine, and nothing answers pings meanwhile.
+        "SOCKETIO_PING_INTERVAL": "600",
+        "SOCKETIO_PING_TIMEOUT": "600",
+        "REALTIME_MAX_CONNECTIONS_PER_CLIENT": "1000",
+        "SOCKETIO_MAX_SESSIONS_PER_CLIENT": "1000",
+    }
+    with checked_stack(isolated_channel_layer, worker=False, **options) as stack:
+        client = redis.Redis.from_url(stack.redis_url)
+        before = len(client.client_list())
+        sockets = []
+        try:
+            for _ in range(clients):
+                session = Polling(stack)
+                session.open()
+                assert session.post("40").text == "ok"
+                assert session.get().text.startswith('40{"sid":')
+                upgraded = session.websocket()
+                sockets.append(upgraded)
+                upgraded.send("2probe")
+                assert upgraded.recv(WAIT) == "3probe"
+                upgraded.send("5")
+                session.close()
+            held = len(client.client_list())
+            # Every socket is still served: a packet goes to its owner and
+            # the answer comes back over it.
+            for upgraded in sockets:
+                upgraded.send('42["nonsense"]')
+            for upgraded in sockets:
+                answer = recv_past_noops(upgraded, timeout=30)
+                assert answer.startswith('42["error",{"code":"unknown_event"'), answer
+            for upgraded in sockets:
+                upgraded.close()
+            # Each session ends with its socket: its keys and channel-layer
+            # subscriptions go (and the server is not stopped with 200
+            # consumers still unsubscribing one by one).
+            deadline = time.monotonic() + 120
+            prefix = stack.channels_prefix
+
+            def left() -> list[bytes]:
+                return client.keys(f"{prefix}:sio:*") + [
+                    channel
+                    for pattern in ("specific.*", "sio.*", "__group__*")
+                    for channel in client.pubsub_channels(f"{prefix}{pattern}")
+                ]
+
+            # A few consumer channels may stay subscribed: channels-redis's
+            # pub/sub receive unsubscribes in its cancellation handler, and a
+            # consumer cancelled again there (daphne's close timeout, when
+            # 200 unsubscribe in turn on a busy loop) leaves its channel.
+            while client.keys(f"{prefix}:sio:*") or len(left()) > 5:
+                assert time.monotonic() < deadline, left()[:5]
+                time.sleep(0.1)  # polling Redis for the sessions' end
+        finally:
+            for upgraded in sockets:
+                upgraded.close()
+            client.close()
+    # Connections the web process opened for 200 upgraded sockets: its
+    # pools' (sessions, channel layer), not one per socket.
+    assert held - before < 30, (before, held)

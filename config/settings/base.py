@@ -441,10 +441,14 @@ REALTIME_MAX_CONNECTIONS_PER_CLIENT = env.int(
 # pingInterval and pingTimeout; the client gives up after their sum).
 SOCKETIO_PING_INTERVAL = env.float("SOCKETIO_PING_INTERVAL", default=25.0)
 SOCKETIO_PING_TIMEOUT = env.float("SOCKETIO_PING_TIMEOUT", default=20.0)
-# Largest polling POST body, in bytes (Engine.IO's maxPayload); bigger ones
-# are refused 413 from their Content-Length. WebSocket frames keep
-# REALTIME_MAX_FRAME_BYTES.
+# Largest polling POST body, in bytes; bigger ones are refused 413 from their
+# Content-Length. WebSocket frames keep REALTIME_MAX_FRAME_BYTES; the open
+# packet's maxPayload is the smaller of the two (realtime.socketio.limits).
 SOCKETIO_MAX_PAYLOAD = env.int("SOCKETIO_MAX_PAYLOAD", default=16384)
+# Seconds a WebSocket opened to upgrade a polling session has to complete
+# the upgrade (probe, then "5") before it is closed; the session stays on
+# polling (Engine.IO's upgradeTimeout).
+SOCKETIO_UPGRADE_TIMEOUT = env.float("SOCKETIO_UPGRADE_TIMEOUT", default=10.0)
 # Whether polling answers a cross-origin request with credentials allowed
 # (Access-Control-Allow-Credentials), for a client using withCredentials.
 SOCKETIO_CORS_CREDENTIALS = env.bool("SOCKETIO_CORS_CREDENTIALS", default=False)
@@ -455,8 +459,8 @@ SOCKETIO_CORS_CREDENTIALS = env.bool("SOCKETIO_CORS_CREDENTIALS", default=False)
 SOCKETIO_MAX_SESSIONS_PER_CLIENT = env.int(
     "SOCKETIO_MAX_SESSIONS_PER_CLIENT", default=50
 )
-# Redis connections per web process for sessions: each pending GET and each
-# upgraded WebSocket holds one while it waits.
+# Redis connections per web process for sessions: each pending GET holds
+# one while it waits (WebSockets hold none of their own).
 SOCKETIO_MAX_REDIS_CONNECTIONS = env.int("SOCKETIO_MAX_REDIS_CONNECTIONS", default=1000)
 
 # WEB SERVER (realtime.server, realtime.http_edge)

@@ -10,6 +10,12 @@ to a listening process); it turns them into packets for the client
 opened on one) and takes the client's packets, which other processes send to
 its channel. It also sends the pings: a client whose owner died stops
 hearing them and reconnects by itself.
+
+No session holds a Redis connection of its own once on a WebSocket: the
+owner of a session opened on one listens on the consumer's channel, and an
+upgraded session's packets go to the upgraded consumer's channel (both
+process-local channels, which channels-redis multiplexes over one connection
+per process) instead of the mailbox, which only a pending GET reads.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from ops.metrics import FRAMES_SENT, socketio_sessions_count
-from realtime import groups, notify
+from realtime import groups, notify, ratelimit
 from realtime.layers import LOST_MESSAGE_TYPE
-from realtime.ratelimit import FrameRateLimit, Verdict
+from realtime.ratelimit import FrameRateLimit
 from realtime.socketio import packets
 from realtime.socketio.packets import PacketError
 from realtime.socketio.sessions import MAILBOX_CAPACITY, SessionStore
@@ -37,6 +43,9 @@ logger = logging.getLogger(__name__)
 #: Channel-layer message types the owner's channel receives.
 PACKETS_TYPE = "sio.packets"  # {"packets": [engine packet, ...]} from the client
 CLOSE_TYPE = "sio.close"  # the client's transport is gone, or misbehaved
+UPGRADE_TYPE = "sio.upgrade"  # {"channel": the upgraded consumer's channel}
+#: What the upgraded consumer's channel receives: {"packets": [...]} for the client.
+DELIVER_TYPE = "sio.deliver"
 
 # Owners alive in this process: tasks need a strong reference.
 _owners: set[SessionOwner] = set()
@@ -54,15 +63,27 @@ class SessionOwner:
         store: SessionStore | None = None,
         deliver: Callable[[list[str]], Awaitable[None]] | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        channel: str = "",
     ) -> None:
-        """Deliver through ``deliver`` if given (a WebSocket), else ``store``."""
+        """Deliver through ``deliver`` if given (a WebSocket), else ``store``.
+
+        With ``channel`` (the WebSocket consumer's own) the owner listens on
+        no channel of its own: the consumer passes it its messages
+        (``dispatch``).
+        """
         self.sid = sid
         self.user = user
         self.store = store
         self._deliver = deliver
         self._on_close = on_close
         self.layer = get_channel_layer()
-        self.channel = ""
+        self.channel = channel
+        self._own_channel = not channel
+        # The upgraded consumer's channel, once the session moved to it; the
+        # lock keeps a delivery from landing in the mailbox after it was
+        # drained for the move.
+        self.upgraded_to = ""
+        self._delivering = asyncio.Lock()
         self.namespace_sid: str | None = None
         self.joined: set[str] = set()
         self.subscriptions = PaymentSubscriptions(join=self._join, leave=self._leave)
@@ -73,12 +94,17 @@ class SessionOwner:
 
     async def start(self) -> None:
         """Take a channel and start listening and pinging."""
-        self.channel = await self.layer.new_channel("sio.")
         _owners.add(self)
         self._tasks = [
-            asyncio.create_task(self._receive_loop(), name=f"sio-receive-{self.sid}"),
-            asyncio.create_task(self._ping_loop(), name=f"sio-ping-{self.sid}"),
+            asyncio.create_task(self._ping_loop(), name=f"sio-ping-{self.sid}")
         ]
+        if self._own_channel:
+            self.channel = await self.layer.new_channel("sio.")
+            self._tasks.append(
+                asyncio.create_task(
+                    self._receive_loop(), name=f"sio-receive-{self.sid}"
+                )
+            )
 
     async def close(self, reason: str) -> None:
         """End the session: leave the groups, tell the client, stop the tasks."""
@@ -96,9 +122,15 @@ class SessionOwner:
         if self._on_close is not None:
             with contextlib.suppress(Exception):
                 await self._on_close()
+        if self.upgraded_to:
+            # Not through deliver(): close() may run inside it, holding its lock.
+            with contextlib.suppress(Exception):
+                await self.layer.send(
+                    self.upgraded_to, {"type": DELIVER_TYPE, "packets": [packets.CLOSE]}
+                )
         if self.store is not None:
             with contextlib.suppress(Exception):
-                await self.store.close()
+                await self.store.close(read=not self.upgraded_to)
         _owners.discard(self)
         # Last, as it may cancel the task running this: a receive cancelled
         # is how the pub/sub layer drops the channel's subscription.
@@ -112,8 +144,31 @@ class SessionOwner:
             await self._deliver(items)
             return
         assert self.store is not None
-        if await self.store.push(*items) > MAILBOX_CAPACITY:
+        async with self._delivering:
+            if self.upgraded_to:
+                await self.layer.send(
+                    self.upgraded_to, {"type": DELIVER_TYPE, "packets": items}
+                )
+                return
+            full = await self.store.push(*items) > MAILBOX_CAPACITY
+        if full:
             await self.close("mailbox full: the client does not read")
+
+    async def move_to(self, channel: str) -> None:
+        """Deliver to the upgraded consumer's ``channel`` from now on.
+
+        What the mailbox holds goes first, in one message: everything sent
+        before the move, in order, and nothing after it is left behind.
+        """
+        if self.store is None or self.upgraded_to:
+            return
+        async with self._delivering:
+            queued = await self.store.take_all()
+            self.upgraded_to = channel
+            if queued:
+                await self.layer.send(
+                    channel, {"type": DELIVER_TYPE, "packets": queued}
+                )
 
     # Loops --------------------------------------------------------------------
 
@@ -121,7 +176,7 @@ class SessionOwner:
         try:
             while True:
                 message = await self.layer.receive(self.channel)
-                await self._dispatch(message)
+                await self.dispatch(message)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -130,12 +185,15 @@ class SessionOwner:
             logger.warning("socket.io owner lost its channel layer", exc_info=True)
             await self.close("channel layer error")
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Act on a message of the session's channel."""
         kind = message.get("type")
         if kind == notify.MESSAGE_TYPE:
             await self._send_status(message["payment"])
         elif kind == PACKETS_TYPE:
-            await self.handle(message["packets"])
+            await self.handle(message["packets"], limited=message.get("limited", False))
+        elif kind == UPGRADE_TYPE:
+            await self.move_to(message["channel"])
         elif kind == CLOSE_TYPE:
             await self.close(message.get("reason", "transport closed"))
         elif kind == LOST_MESSAGE_TYPE:
@@ -167,8 +225,12 @@ class SessionOwner:
 
     # Client packets -----------------------------------------------------------
 
-    async def handle(self, items: list[str]) -> None:
-        """Act on Engine.IO packets from the client, in order."""
+    async def handle(self, items: list[str], *, limited: bool = False) -> None:
+        """Act on Engine.IO packets from the client, in order.
+
+        ``limited``: the transport applied the rate limit to them already
+        (the WebSocket consumer, to every frame).
+        """
         for item in items:
             if self.closed:
                 return
@@ -182,22 +244,21 @@ class SessionOwner:
             elif kind == packets.CLOSE:
                 await self.close("client closed")
             elif kind == packets.MESSAGE:
-                if await self._allowed():
+                if limited or await self._allowed():
                     await self._handle_socket(data)
             # Pings, upgrades and noops from the client need no answer here.
 
     async def _allowed(self) -> bool:
-        # realtime.ratelimit's verdict, as the JSON consumer acts on it.
-        verdict = self.rate_limit.check()
-        if verdict is Verdict.WARN:
-            await self.emit_error(
-                "rate_limited",
-                f"packet: at most {settings.REALTIME_RATE_LIMIT:g} packets a "
-                "second; slow down or the session is closed.",
-            )
-        elif verdict is Verdict.CLOSE:
-            await self.close("flooding")
-        return verdict is Verdict.ALLOW
+        return await ratelimit.admit(
+            self.rate_limit,
+            unit="packet",
+            holder="session",
+            warn=self.emit_error,
+            close=self._close_flooding,
+        )
+
+    async def _close_flooding(self) -> None:
+        await self.close("flooding")
 
     async def _handle_socket(self, data: str) -> None:
         try:

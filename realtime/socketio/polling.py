@@ -19,7 +19,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from realtime import security
-from realtime.socketio import owner, packets, sessions
+from realtime.socketio import limits, owner, packets, sessions
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ class RequestError(Exception):
 
 class PollingConsumer(AsyncHttpConsumer):
     """Serve ``/socket.io/?EIO=4&transport=polling``."""
+
+    # No channel of its own: a request reads the mailbox and sends to the
+    # owner's channel. Channels would otherwise make one per request, on the
+    # pub/sub layer a SUBSCRIBE and an UNSUBSCRIBE round trip for every poll.
+    channel_layer_alias = None
 
     async def http_request(self, message: dict[str, Any]) -> None:
         # Refuse an oversize POST from its Content-Length, before the body
@@ -178,7 +183,7 @@ class PollingConsumer(AsyncHttpConsumer):
                     upgrades=["websocket"],
                     ping_interval=settings.SOCKETIO_PING_INTERVAL,
                     ping_timeout=settings.SOCKETIO_PING_TIMEOUT,
-                    max_payload=settings.SOCKETIO_MAX_PAYLOAD,
+                    max_payload=limits.max_payload(),
                 )
             ]
         )

@@ -6,8 +6,9 @@ What a live session needs is in Redis under the channel layer's prefix:
 
 - ``<prefix>:sio:<sid>``: a hash (the owner's channel, whether upgraded);
 - ``<prefix>:sio:<sid>:box``: the mailbox, a list of encoded packets for the
-  client, read by whichever process holds the pending GET (or the upgraded
-  WebSocket);
+  client, read by whichever process holds the pending GET; drained once into
+  the WebSocket on the upgrade, after which packets go to the upgraded
+  consumer's channel and none hold a connection waiting here;
 - ``<prefix>:sio:<sid>:get`` / ``:post``: one request of each kind in flight.
 
 The mailbox is a Redis list, not a channel-layer channel: the default layer
@@ -37,6 +38,8 @@ GET, POST = "get", "post"
 CLOSE_GRACE = 5.0
 #: Packets a mailbox may hold before the session is closed as not reading.
 MAILBOX_CAPACITY = 1000
+#: Seconds a command waits for a free connection of the sessions' pool.
+POOL_TIMEOUT = 5.0
 
 
 def _signer() -> Signer:
@@ -84,14 +87,19 @@ def redis_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst (every owner's renewal at once on a busy
+        # loop) waits a moment for a connection where redis-py's default
+        # pool fails the command at once ("Too many connections").
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL,
             decode_responses=True,
             socket_timeout=_longest_wait() + 10,
             socket_connect_timeout=5,
             max_connections=settings.SOCKETIO_MAX_REDIS_CONNECTIONS,
+            timeout=POOL_TIMEOUT,
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client
     return client
 
@@ -177,10 +185,25 @@ class SessionStore:
             await self.redis.delete(self.box_key)
         return batch
 
-    async def close(self) -> None:
-        """End the session: unknown from now on, its reader told by a close packet."""
+    async def take_all(self) -> list[str]:
+        """Empty the mailbox; return what it held, in order."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.box_key, 0, -1)
+            pipe.delete(self.box_key)
+            queued, _ = await pipe.execute()
+        return queued
+
+    async def close(self, *, read: bool = True) -> None:
+        """End the session: unknown from now on.
+
+        ``read``: a GET may still read the mailbox, and is told by a close
+        packet; else (upgraded) the mailbox goes too.
+        """
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.state_key, self.lock_key(POST))
-            pipe.rpush(self.box_key, packets.CLOSE)
-            pipe.expire(self.box_key, round(CLOSE_GRACE))
+            if read:
+                pipe.rpush(self.box_key, packets.CLOSE)
+                pipe.expire(self.box_key, round(CLOSE_GRACE))
+            else:
+                pipe.delete(self.box_key, self.lock_key(GET))
             await pipe.execute()

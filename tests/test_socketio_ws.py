@@ -1,0 +1,274 @@
+"""Socket.IO's WebSocket consumer through the ASGI app, on the real Redis layer.
+
+In this process: the owner of an upgraded session too (as a polling
+handshake would start it), so a test can break a handler and look at what
+the session left in Redis. The real client's paths are in test_socketio.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from config.asgi import application
+from realtime import groups
+from realtime.socketio import limits, owner, sessions
+from realtime.socketio.websocket import WebSocketConsumer
+from tests.test_consumer import group_members
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+HEADERS = [(b"origin", b"http://localhost:3000"), (b"host", b"testserver")]
+OPEN = "/socket.io/?EIO=4&transport=websocket"
+TIMEOUT = 5
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(settings.REDIS_URL, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Callable[[str], Awaitable[WebsocketCommunicator]]]:
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_socket(path: str = OPEN) -> WebsocketCommunicator:
+        communicator = WebsocketCommunicator(application, path, headers=HEADERS)
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        return communicator
+
+    yield open_socket
+    for communicator in opened:
+        if not communicator.future.done():
+            await communicator.disconnect(timeout=TIMEOUT)
+
+
+@pytest.fixture
+async def polling_sessions() -> AsyncIterator[
+    Callable[[], Awaitable[owner.SessionOwner]]
+]:
+    """Open sessions as a polling handshake does: their owners in this process."""
+    opened: list[owner.SessionOwner] = []
+
+    async def open_session() -> owner.SessionOwner:
+        sid = sessions.new_sid()
+        store = sessions.SessionStore(sid)
+        session = owner.SessionOwner(sid=sid, user=None, store=store)
+        opened.append(session)
+        await session.start()
+        await store.create(owner=session.channel)
+        return session
+
+    yield open_session
+    for session in opened:
+        await session.close("test over")
+
+
+@pytest.fixture
+async def polling_session(polling_sessions) -> owner.SessionOwner:
+    return await polling_sessions()
+
+
+async def connect_namespace(communicator: WebsocketCommunicator) -> str:
+    """Send CONNECT; return the namespace sid, past noops left by the upgrade."""
+    await communicator.send_to(text_data="40")
+    while (packet := await communicator.receive_from(TIMEOUT)) == "6":
+        pass
+    assert packet.startswith('40{"sid":'), packet
+    namespace_sid = json.loads(packet[2:])["sid"]
+    assert await communicator.receive_from(TIMEOUT) == (
+        f'42["socket-id","{namespace_sid}"]'
+    )
+    return namespace_sid
+
+
+async def upgrade(
+    sockets: Callable[[str], Awaitable[WebsocketCommunicator]],
+    session: owner.SessionOwner,
+) -> WebsocketCommunicator:
+    upgraded = await sockets(f"{OPEN}&sid={session.sid}")
+    await upgraded.send_to(text_data="2probe")
+    assert await upgraded.receive_from(TIMEOUT) == "3probe"
+    await upgraded.send_to(text_data="5")
+    return upgraded
+
+
+async def session_keys(redis_client: aioredis.Redis) -> list[str]:
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    return [key async for key in redis_client.scan_iter(f"{prefix}:sio:*")]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait for ``condition`` (another task's or process's work) up to TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        while not await condition():
+            await asyncio.sleep(0.02)  # polling a state, not a quiet period
+
+
+async def outputs_until_crash(
+    communicator: WebsocketCommunicator, message: str
+) -> list[dict[str, Any]]:
+    """Return what the consumer sent until it raised ``message``."""
+    outputs = []
+    with pytest.raises(RuntimeError, match=message):
+        while True:
+            outputs.append(await communicator.receive_output(TIMEOUT))
+    return outputs
+
+
+def crash_on(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{name} broke")
+
+    monkeypatch.setattr(cls, name, broken)
+
+
+# Every exit path ends the session ---------------------------------------------
+
+
+async def test_a_crash_in_a_handler_leaves_the_groups_of_a_websocket_session(
+    sockets, redis_client, isolated_channel_layer: str, monkeypatch
+) -> None:
+    communicator = await sockets(OPEN)
+    assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+    namespace_sid = await connect_namespace(communicator)
+    group = groups.socket_group(namespace_sid)
+    assert await group_members(redis_client, isolated_channel_layer, group) == 1
+
+    crash_on(monkeypatch, owner.SessionOwner, "_event")
+    await communicator.send_to(text_data='42["subscribe",{}]')
+    assert await outputs_until_crash(communicator, "_event broke") == [
+        {"type": "websocket.close"}
+    ]
+
+    assert await group_members(redis_client, isolated_channel_layer, group) == 0
+
+
+async def test_a_crash_in_a_handler_ends_an_upgraded_session_and_its_keys(
+    sockets, polling_session, redis_client, isolated_channel_layer: str, monkeypatch
+) -> None:
+    upgraded = await upgrade(sockets, polling_session)
+    namespace_sid = await connect_namespace(upgraded)
+    group = groups.socket_group(namespace_sid)
+    assert await session_keys(redis_client)
+
+    crash_on(monkeypatch, WebSocketConsumer, "sio_deliver")
+    # Answered with an error event, which the broken handler delivers.
+    await upgraded.send_to(text_data='42["nonsense"]')
+    await outputs_until_crash(upgraded, "sio_deliver broke")
+
+    assert await session_keys(redis_client) == []
+
+    async def owner_left() -> bool:
+        return polling_session.closed and not await group_members(
+            redis_client, isolated_channel_layer, group
+        )
+
+    await until(owner_left, "the owner to leave its groups")
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["opened", "upgraded"])
+async def test_a_lost_layer_subscription_closes_the_session_1011(
+    sockets, polling_sessions, redis_client, isolated_channel_layer: str, upgraded: bool
+) -> None:
+    if upgraded:
+        session = await polling_sessions()
+        communicator = await upgrade(sockets, session)
+    else:
+        communicator = await sockets(OPEN)
+        assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+    namespace_sid = await connect_namespace(communicator)
+
+    # What realtime.layers does when the pub/sub connection drops.
+    layer = get_channel_layer()._get_layer()
+    assert all(shard.report_loss() for shard in layer._shards)
+
+    while (output := await communicator.receive_output(TIMEOUT))["type"] != (
+        "websocket.close"
+    ):
+        pass
+    assert output == {"type": "websocket.close", "code": INTERNAL_ERROR}
+    group = groups.socket_group(namespace_sid)
+
+    async def all_gone() -> bool:
+        members = await group_members(redis_client, isolated_channel_layer, group)
+        return not members and not await session_keys(redis_client)
+
+    await until(all_gone, "the groups and keys to go")
+
+
+# The rate limit, on every frame of both kinds of WebSocket ------------------------
+
+
+@pytest.mark.parametrize("upgraded", [False, True], ids=["opened", "upgraded"])
+async def test_every_websocket_frame_counts_against_the_rate_limit(
+    sockets, polling_sessions, settings, upgraded: bool
+) -> None:
+    # Two frames a second, bursts of four (the probe, "5" and "40" take
+    # three); pings from the client (no Socket.IO packet, nothing
+    # answered) are frames too.
+    settings.REALTIME_RATE_LIMIT = 2
+    settings.REALTIME_MAX_SUBSCRIPTIONS = 1
+    if upgraded:
+        session = await polling_sessions()
+        communicator = await upgrade(sockets, session)
+    else:
+        communicator = await sockets(OPEN)
+        assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+    await connect_namespace(communicator)
+    for _ in range(20):
+        await communicator.send_to(text_data="2")
+    error = await communicator.receive_from(TIMEOUT)
+    assert error == (
+        '42["error",{"code":"rate_limited","message":"packet: at most 2 packets '
+        'a second; slow down or the session is closed."}]'
+    )
+    # A burst's worth of refusals closes.
+    assert await communicator.receive_output(TIMEOUT) == {
+        "type": "websocket.close",
+        "code": POLICY_VIOLATION,
+    }
+
+
+# maxPayload --------------------------------------------------------------------
+
+
+def test_max_payload_is_the_smallest_limit(settings, monkeypatch) -> None:
+    settings.SOCKETIO_MAX_PAYLOAD = 16384
+    settings.REALTIME_MAX_FRAME_BYTES = 4096
+    assert limits.max_payload() == 4096
+    settings.REALTIME_MAX_FRAME_BYTES = 65536
+    assert limits.max_payload() == 16384
+    monkeypatch.setattr(limits, "server_message_limit", 1000)
+    assert limits.max_payload() == 1000
+
+
+async def test_the_open_packet_advertises_what_a_frame_may_carry(
+    sockets, settings
+) -> None:
+    settings.SOCKETIO_MAX_PAYLOAD = 16384
+    settings.REALTIME_MAX_FRAME_BYTES = 4096
+    communicator = await sockets(OPEN)
+    opened = json.loads((await communicator.receive_from(TIMEOUT))[1:])
+    assert opened["maxPayload"] == 4096
+    # A frame of that size is taken, one byte more is refused (1009).
+    await communicator.send_to(text_data="4" + "x" * 4095)
+    await communicator.send_to(text_data="4" + "x" * 4096)
+    assert await communicator.receive_output(TIMEOUT) == {
+        "type": "websocket.close",
+        "code": 1009,
+    }
