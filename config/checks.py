@@ -42,9 +42,12 @@ POSITIVE = [
     "SOCKETIO_MAX_SESSIONS_PER_CLIENT",
     "SOCKETIO_MAX_REDIS_CONNECTIONS",
     "SOCKETIO_UPGRADE_TIMEOUT",
+]
+NOT_NEGATIVE = [
+    "PAYMENTS_SIMULATED_DELAY",
+    "WEB_HEAD_TIMEOUT",
     "WEB_BODY_TIMEOUT",
 ]
-NOT_NEGATIVE = ["PAYMENTS_SIMULATED_DELAY", "WEB_HEAD_TIMEOUT"]
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -76,6 +79,11 @@ def _numbers() -> Iterator[CheckMessage]:
         value = getattr(settings, name)
         if not (_finite(value) and value >= 0):
             yield _error(2, f"{name}: a number of 0 or more is needed, not {value!r}.")
+    proxies = settings.REST_FRAMEWORK.get("NUM_PROXIES")
+    if proxies is not None and not (isinstance(proxies, int) and proxies >= 0):
+        yield _error(2, f"DJANGO_NUM_PROXIES: 0 or more is needed, not {proxies!r}.")
+    if not settings.WEB_MAX_BODY_BYTES:
+        yield _error(3, "WEB_MAX_BODY_BYTES: at least one path=size is needed.")
     for prefix, limit in settings.WEB_MAX_BODY_BYTES.items():
         if not prefix.startswith("/") or limit < 0:
             yield _error(

@@ -94,7 +94,8 @@ class PaymentEvent(models.Model):
     # The outbox mark: NULL until the change was handed to the channel layer
     # (in db_worker, written in batches up to PAYMENTS_NOTIFIED_MARK_INTERVAL
     # later: payments.outbox). Changes left NULL (Redis away, worker killed
-    # after commit) are sent again by services.payment_events_redeliver.
+    # after commit) are sent again by
+    # payments.worker.recovery.payment_events_redeliver.
     notified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

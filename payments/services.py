@@ -164,14 +164,18 @@ def _committed(
     now: datetime,
 ) -> None:
     # Counted before the push: once a client sees it, the figures have moved.
-    metrics.observe_transition(
-        from_status=from_status,
-        to_status=payment.status,
-        terminal=payment.status in TERMINAL_STATUSES,
-        now=now,
-        created_at=payment.created_at,
-        entered_at=entered_at,
-    )
+    try:
+        metrics.observe_transition(
+            from_status=from_status,
+            to_status=payment.status,
+            terminal=payment.status in TERMINAL_STATUSES,
+            now=now,
+            created_at=payment.created_at,
+            entered_at=entered_at,
+        )
+    except Exception:
+        # A figure is not worth a push waiting for redelivery.
+        logger.exception("transition metrics failed payment=%s", payment.id)
     payment_notify(payment=payment, event_ids=[event_id])
 
 

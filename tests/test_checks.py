@@ -43,7 +43,6 @@ def test_the_shipped_settings_pass() -> None:
         "SOCKETIO_PING_INTERVAL",
         "SOCKETIO_PING_TIMEOUT",
         "SOCKETIO_MAX_PAYLOAD",
-        "WEB_BODY_TIMEOUT",
     ],
 )
 @pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf")])
@@ -142,6 +141,20 @@ def test_the_default_currency_must_be_accepted() -> None:
     assert project_ids(
         PAYMENTS_DEFAULT_CURRENCY="sek", PAYMENTS_CURRENCIES=["usd", "eur"]
     ) == ["payments.E009"]
+
+
+def test_zero_turns_the_body_deadline_off_but_a_negative_one_is_refused() -> None:
+    assert project_ids(WEB_BODY_TIMEOUT=0) == []
+    assert project_ids(WEB_BODY_TIMEOUT=-1) == ["payments.E002"]
+
+
+def test_a_negative_proxy_count_is_refused() -> None:
+    rest = {**settings.REST_FRAMEWORK, "NUM_PROXIES": -1}
+    assert project_ids(REST_FRAMEWORK=rest) == ["payments.E002"]
+
+
+def test_a_body_limit_table_cannot_be_empty() -> None:
+    assert project_ids(WEB_MAX_BODY_BYTES={}) == ["payments.E003"]
 
 
 def test_the_log_format_must_be_one_the_logging_config_has() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import socket
 import threading
 import time
@@ -448,6 +449,18 @@ def test_a_lease_is_claimed_new_or_lapsed_never_from_a_live_worker(settings):
     assert heartbeat.heartbeat_claim(worker_id="w") is True
     lease = WorkerHeartbeat.objects.get(worker_id="w")
     assert lease.beat_at > timezone.now() - timedelta(seconds=5)
+
+
+@pytest.mark.django_db
+def test_a_lease_taken_over_by_another_process_is_not_renewed_by_the_old_one(
+    settings,
+):
+    settings.TASKS_WORKER_DEAD_AFTER = 5
+    assert heartbeat.heartbeat_claim(worker_id="w") is True
+    assert heartbeat.heartbeat_renew(worker_id="w") is True
+    # A new process (another pid) claimed the id while this one was frozen.
+    WorkerHeartbeat.objects.filter(worker_id="w").update(pid=os.getpid() + 1)
+    assert heartbeat.heartbeat_renew(worker_id="w") is False
 
 
 @pytest.mark.django_db

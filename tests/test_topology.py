@@ -43,7 +43,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from payments.models import TERMINAL_STATUSES, GatewayCall, Payment, SimulatedCharge
-from tests.live import HAProxy, LiveStack, database_url, live_stack, open_charge_gate
+from tests.live import (
+    HAProxy,
+    LiveStack,
+    database_url,
+    free_port,
+    live_stack,
+    open_charge_gate,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -520,3 +527,13 @@ def test_two_webs_two_workers_behind_haproxy_then_one_of_each_killed(
     # Out of rotation once checked dead, and the surviving worker took over.
     assert re.search(rf"Server web/{killed_web} is DOWN", proxy.process.output())
     print(f"{len(ids)} payments in {time.monotonic() - started:.1f} s")
+
+
+def test_the_proxy_answers_in_the_api_error_shape_when_no_web_is_up() -> None:
+    """HAProxy's own 503 (every web down or not ready) is JSON, not its HTML page."""
+    with HAProxy([free_port()], http_check=False) as proxy:
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=20) as client:
+            response = client.get("/api/payments/")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["code"] == "service_unavailable"

@@ -116,10 +116,18 @@ def heartbeat_claim_waiting(*, worker_id: str) -> bool:
 
 
 def heartbeat_renew(*, worker_id: str, dead_after: float | None = None) -> bool:
-    """Extend the lease; False if it had lapsed (other workers may own its jobs)."""
+    """Extend the lease; False if it lapsed or another process took it over.
+
+    Only this process's row (its pid and host): a process frozen past its
+    lease, whose id a new process has claimed since, must not renew the new
+    one's lease and live on beside it.
+    """
     return bool(
         WorkerHeartbeat.objects.filter(
-            worker_id=worker_id, beat_at__gte=_lease_start(dead_after)
+            worker_id=worker_id,
+            pid=os.getpid(),
+            hostname=socket.gethostname()[:255],
+            beat_at__gte=_lease_start(dead_after),
         ).update(beat_at=Now())
     )
 

@@ -15,7 +15,11 @@ from django_tasks_db.management.commands.db_worker import Command as DBWorkerCom
 
 from ops.metrics import serve_worker
 from payments.worker import mark_writer
-from payments.worker.heartbeat import heartbeat_claim_waiting, heartbeat_running
+from payments.worker.heartbeat import (
+    heartbeat_claim_waiting,
+    heartbeat_end,
+    heartbeat_running,
+)
 from payments.worker.recovery import recovery_running, tasks_release_held_by
 from payments.worker.worker import WakeableWorker
 
@@ -29,6 +33,11 @@ class Command(DBWorkerCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["reload"] and os.environ.get(DJANGO_AUTORELOAD_ENV) != "true":
+            # The reloader's parent only restarts its child, which runs all
+            # of this: a lease held here would make the child's claim wait.
+            run_with_reloader(lambda: None)
+            return
         worker_id = options["worker_id"]
         if not heartbeat_claim_waiting(worker_id=worker_id):
             raise CommandError(
@@ -38,8 +47,12 @@ class Command(DBWorkerCommand):
         # The lease is ours: what a previous process of the same id left
         # RUNNING is nobody's now.
         tasks_release_held_by(worker_id)
-        # Its counters live in this process: served here (METRICS_WORKER_PORT).
-        metrics_server = serve_worker()
+        try:
+            # Its counters live in this process: served here (METRICS_WORKER_PORT).
+            metrics_server = serve_worker()
+        except OSError:
+            heartbeat_end(worker_id=worker_id)  # a restart need not wait it out
+            raise
         try:
             with (
                 heartbeat_running(worker_id),
