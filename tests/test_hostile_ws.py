@@ -26,7 +26,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connection, connections
+from django.db import connections
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -37,7 +37,7 @@ from realtime import groups, notify
 from tests.factories import PaymentFactory
 from tests.helpers import assert_nothing_more as expect_nothing_more
 from tests.helpers import create_payment, next_frame, open_socket, socket_id_of
-from tests.live import LiveStack, database_url, live_stack
+from tests.live import LiveStack, checked_stack
 
 ORIGIN = "http://localhost:3000"
 # In-process handshakes: an allowed origin, and a Host in ALLOWED_HOSTS.
@@ -118,21 +118,13 @@ WRONG_TYPES = [
 @pytest.fixture
 def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
     """Real web and worker processes on the test database and key space."""
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
+    with checked_stack(
+        isolated_channel_layer,
         PAYMENTS_SIMULATED_DELAY="0.3",
         REALTIME_MAX_SUBSCRIPTIONS=str(MAX_SUBSCRIPTIONS),
         REALTIME_RATE_LIMIT=str(RATE_LIMIT),
     ) as stack:
         yield stack
-        crashed = [p.name for p in stack.processes if p.returncode is not None]
-    for process in stack.history:
-        print(process.report())  # shown when the test fails
-    assert not crashed, f"exited during the test: {crashed}"
-    assert not any(p.killed for p in stack.history), "ignored SIGTERM"
-    assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
 async def expect_error(ws: ClientConnection, code: str) -> None:

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
@@ -21,7 +20,7 @@ from django_tasks_db.models import DBTaskResult
 
 from payments.api import idempotency
 from payments.models import IdempotencyKey, Payment
-from tests.live import LiveStack, database_url, live_stack
+from tests.live import LiveStack, checked_stack
 
 CREATE = "/api/payments/"
 SEED = "/api/payments/make-payment-with-socket"
@@ -292,10 +291,8 @@ def test_concurrent_requests_with_one_key_create_one_payment():
 
 @pytest.fixture
 def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
+    with checked_stack(
+        isolated_channel_layer,
     ) as stack:
         yield stack
 

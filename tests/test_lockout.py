@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -24,7 +23,7 @@ from tests.helpers import (
     assert_error,
     create_from,
 )
-from tests.live import LiveStack, database_url, free_port, live_stack
+from tests.live import LiveStack, checked_stack, free_port
 
 # Password guessing: lockout per address and per username (django-axes) ----------
 
@@ -234,10 +233,8 @@ def test_token_endpoint_fails_closed_when_redis_is_unreachable(
 
 @pytest.fixture
 def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
+    with checked_stack(
+        isolated_channel_layer,
         AXES_ENABLED="true",
     ) as stack:
         yield stack

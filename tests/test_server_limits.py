@@ -23,7 +23,14 @@ from django.db import connection
 
 from realtime.http_edge import LINGER
 from tests.helpers import wait_until
-from tests.live import HOST, LiveStack, database_url, live_stack, rss_bytes
+from tests.live import (
+    HOST,
+    LiveStack,
+    checked_stack,
+    database_url,
+    live_stack,
+    rss_bytes,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -114,20 +121,13 @@ def open_fds(pid: int) -> int:
 
 @pytest.fixture
 def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
+    with checked_stack(
+        isolated_channel_layer,
         worker=False,
         WEB_HEAD_TIMEOUT=str(HEAD_TIMEOUT),
         WEB_BODY_TIMEOUT=str(BODY_TIMEOUT),
     ) as stack:
         yield stack
-        crashed = [p.name for p in stack.processes if p.returncode is not None]
-    for process in stack.history:
-        print(process.report())  # shown when the test fails
-    assert not crashed, f"exited during the test: {crashed}"
-    assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
 def create(live: LiveStack, *headers: str) -> Response:

@@ -16,13 +16,11 @@ from typing import Any
 
 import pytest
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
-from django.db import connection
 from websockets.exceptions import InvalidStatus
 
 from config.asgi import application
 from tests.helpers import next_frame, open_socket, socket_id_of
-from tests.live import HOST, LiveStack, database_url, live_stack
+from tests.live import HOST, LiveStack, checked_stack
 
 CORS_ORIGIN = "http://localhost:3000"
 TIMEOUT = 20.0
@@ -31,10 +29,8 @@ CAP = 3
 
 @pytest.fixture
 def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
+    with checked_stack(
+        isolated_channel_layer,
         REALTIME_MAX_CONNECTIONS_PER_CLIENT=str(CAP),
     ) as stack:
         yield stack
