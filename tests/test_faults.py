@@ -425,8 +425,10 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
             return any(log.count(f"payment={i} version=3:") >= 2 for i in ids)
 
         wait_until(retried, "the redelivery loop retrying while Redis is away")
-        assert "WARNING realtime.notify payment-status not pushed" in (
-            stack.worker.output()
+        # Each line names its request id between the logger and the message.
+        assert re.search(
+            r"WARNING realtime\.notify \[[^]]*\] payment-status not pushed",
+            stack.worker.output(),
         )
         assert "Traceback" not in stack.worker.output()
         assert unsent_now() == expected_unsent
