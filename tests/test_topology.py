@@ -465,7 +465,7 @@ def test_two_webs_two_workers_behind_haproxy_then_one_of_each_killed(
     webs = sio_webs(topology, "a")
     for mode, results in sio_first.items():
         for result in results:
-            assert result["ok"], result
+            assert result["ok"], (result.get("error"), result)
             assert result["statuses"] == ["processing", "succeeded"], result
             assert result["transport"] == (
                 "polling" if mode == "polling" else "websocket"
