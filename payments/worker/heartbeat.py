@@ -56,16 +56,21 @@ def _lease_start(dead_after: float | None = None) -> ExpressionWrapper:
     return _db_time_ago(dead_after)
 
 
+def _this_process() -> dict[str, object]:
+    """The row's fields that say which process holds the lease."""
+    return {"hostname": socket.gethostname()[:255], "pid": os.getpid()}
+
+
+def _new_lease() -> dict[str, object]:
+    """A lease held by this process, starting now on the database's clock."""
+    return {**_this_process(), "started_at": Now(), "beat_at": Now()}
+
+
 def heartbeat_register(*, worker_id: str) -> None:
     """Start (or restart) this worker's lease; call before it claims a job."""
     WorkerHeartbeat.objects.update_or_create(
         worker_id=worker_id,
-        defaults={
-            "hostname": socket.gethostname()[:255],
-            "pid": os.getpid(),
-            "started_at": Now(),
-            "beat_at": Now(),
-        },
+        defaults=_new_lease(),
     )
 
 
@@ -78,22 +83,12 @@ def heartbeat_claim(*, worker_id: str) -> bool:
     """
     taken = WorkerHeartbeat.objects.filter(
         worker_id=worker_id, beat_at__lt=_lease_start()
-    ).update(
-        hostname=socket.gethostname()[:255],
-        pid=os.getpid(),
-        started_at=Now(),
-        beat_at=Now(),
-    )
+    ).update(**_new_lease())
     if taken:
         return True
     _, created = WorkerHeartbeat.objects.get_or_create(
         worker_id=worker_id,
-        defaults={
-            "hostname": socket.gethostname()[:255],
-            "pid": os.getpid(),
-            "started_at": Now(),
-            "beat_at": Now(),
-        },
+        defaults=_new_lease(),
     )
     return created
 
@@ -125,8 +120,7 @@ def heartbeat_renew(*, worker_id: str, dead_after: float | None = None) -> bool:
     return bool(
         WorkerHeartbeat.objects.filter(
             worker_id=worker_id,
-            pid=os.getpid(),
-            hostname=socket.gethostname()[:255],
+            **_this_process(),
             beat_at__gte=_lease_start(dead_after),
         ).update(beat_at=Now())
     )
