@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,34 +296,41 @@ def test_chunked_body_is_read(live: LiveStack) -> None:
 # 12b. Slowloris --------------------------------------------------------------------
 
 
-def test_trickled_head_is_closed_within_the_bound_while_others_are_served(
-    live: LiveStack,
-) -> None:
-    slow = RawClient(live.port)
-    opened = time.monotonic()
-    slow.send(b"POST /api/payments/ HTTP/1.1\r\nHost: x\r\n")
+@contextmanager
+def trickling(slow: Any, data: bytes) -> Iterator[None]:
+    """Send ``data`` every 0.2 s on ``slow`` while inside; close it after."""
     stop = threading.Event()
 
     def trickle() -> None:
-        # A byte every 0.2 s: far inside twisted's 60 s idle timeout, which
-        # each byte resets.
         try:
             while not stop.wait(0.2):
-                slow.sock.send(b"a")
+                slow.sock.send(data)
         except OSError:
             pass
 
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
     try:
-        assert create(live).status == 202  # served meanwhile
-
-        response = slow.response(timeout=HEAD_TIMEOUT + TIMEOUT)
-        closed = slow.wait_closed(timeout=LINGER + 2)
+        yield
     finally:
         stop.set()
         trickler.join(TIMEOUT)
         slow.close()
+
+
+def test_trickled_head_is_closed_within_the_bound_while_others_are_served(
+    live: LiveStack,
+) -> None:
+    slow = RawClient(live.port)
+    opened = time.monotonic()
+    slow.send(b"POST /api/payments/ HTTP/1.1\r\nHost: x\r\n")
+    # A byte every 0.2 s: far inside twisted's 60 s idle timeout, which
+    # each byte resets.
+    with trickling(slow, b"a"):
+        assert create(live).status == 202  # served meanwhile
+
+        response = slow.response(timeout=HEAD_TIMEOUT + TIMEOUT)
+        closed = slow.wait_closed(timeout=LINGER + 2)
 
     assert response.status == 408, response
     error = response.error()
@@ -342,27 +350,12 @@ def test_trickled_body_is_closed_within_its_deadline_while_others_are_served(
     slow = RawClient(live.port)
     slow.send(request_head("POST", CREATE, "Content-Type: application/json", framing))
     opened = time.monotonic()
-    stop = threading.Event()
-
-    def trickle() -> None:
-        try:
-            while not stop.wait(0.2):
-                slow.sock.send(b"1\r\n \r\n" if chunked else b" ")
-        except OSError:
-            pass
-
-    trickler = threading.Thread(target=trickle, daemon=True)
-    trickler.start()
-    try:
+    with trickling(slow, b"1\r\n \r\n" if chunked else b" "):
         assert create(live).status == 202  # served meanwhile
 
         response = slow.response(timeout=BODY_TIMEOUT + TIMEOUT)
         answered_after = time.monotonic() - opened
         closed = slow.wait_closed(timeout=LINGER + 2)
-    finally:
-        stop.set()
-        trickler.join(TIMEOUT)
-        slow.close()
 
     assert response.status == 408, response
     error = response.error()
