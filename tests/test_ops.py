@@ -328,33 +328,3 @@ def test_access_log_leaves_out_successful_probes(
     if logged:
         assert caplog.records[0].getMessage().startswith(f"GET {path} {status} ")
         assert caplog.records[0].status == status
-
-
-def test_readyz_with_the_database_away_checks_nothing_else_that_needs_it(
-    client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    asked = []
-
-    def database_away() -> readiness.Check:
-        return readiness.Check(False, "database unreachable: OperationalError")
-
-    monkeypatch.setitem(readiness.CHECKS, "database", database_away)
-    for name in readiness.NEED_DATABASE:
-        monkeypatch.setitem(readiness.CHECKS, name, lambda n=name: asked.append(n))
-
-    response = client.get("/readyz")
-
-    assert response.status_code == 503
-    assert checks(response) == {
-        "database": {
-            "status": "error",
-            "reason": "database unreachable: OperationalError",
-        },
-        "channel_layer": {"status": "ok"},
-        "workers": {"status": "error", "reason": "not checked: database unreachable"},
-        "migrations": {
-            "status": "error",
-            "reason": "not checked: database unreachable",
-        },
-    }
-    assert asked == []
