@@ -392,6 +392,22 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
         "",
         None,
     ),
+    # Steps of 1 s or 3 s here: connections' SYNs retried once daphne's
+    # listen backlog (Twisted's 50) was full, A's POSTs opening at once.
+    (
+        "workload",
+        "post_{g}s.post_response_ms.p99",
+        "  A: POST response p99 ms",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.http_connections_opened",
+        "  A: HTTP connections opened",
+        "",
+        None,
+    ),
     (
         "workload",
         "post_{g}s.not_completed",
