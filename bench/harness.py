@@ -198,6 +198,10 @@ class Session:
             # Thousands of sockets come from one address here.
             "REALTIME_MAX_CONNECTIONS_PER_CLIENT": "1000000",
             "SOCKETIO_MAX_SESSIONS_PER_CLIENT": "1000000",
+            # Each pending poll holds one of these: 1,000 polling sessions in
+            # one web process would take the default pool whole and leave
+            # pushes and renewals waiting for a connection.
+            "SOCKETIO_MAX_REDIS_CONNECTIONS": "4000",
             **extra,
         }
         env.pop("RUN_MAIN", None)
