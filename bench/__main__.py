@@ -35,6 +35,7 @@ SUITE = [
     "polling",
     "choices",
     "socketio",
+    "workload",
     "soak",
 ]
 ONCE = {"soak", "profile"}
@@ -157,13 +158,19 @@ def main(argv: list[str]) -> int:
         "(needs the server binaries); DATABASE_URL overrides both",
     )
     parser.add_argument(
-        "--sockets", type=int, help="socketio: sockets per mode (default 1000)"
+        "--sockets",
+        type=int,
+        help="socketio: sockets per mode; workload: sockets of A (default 1000)",
     )
     parser.add_argument(
-        "--payments", type=int, help="socketio: payments per mode (default 1000)"
+        "--payments",
+        type=int,
+        help="socketio: payments per mode; workload: payments of A (default 1000)",
     )
     parser.add_argument(
-        "--in-flight", type=int, help="socketio: payments in flight (default 50)"
+        "--in-flight",
+        type=int,
+        help="socketio: payments in flight (default 50); workload: in A (500)",
     )
     parser.add_argument(
         "--modes",

@@ -220,6 +220,10 @@ class Session:
             "commands": commands,
         }
 
+    def redis_cpu_seconds(self) -> float:
+        info = self.redis.info("cpu")
+        return info["used_cpu_user"] + info["used_cpu_sys"]
+
     def count_keys(self, prefix: str) -> int:
         return sum(1 for _ in self.redis.scan_iter(match=f"{prefix}*", count=1000))
 
@@ -381,12 +385,23 @@ class Stack:
         ).stdout
 
     def server_cpu(self) -> dict[str, float]:
-        """CPU seconds so far: web, workers (sum)."""
+        """CPU seconds so far: web, workers (sum), PostgreSQL, Redis.
+
+        ``postgres`` only on the session's private cluster (SQLite runs in
+        the web and worker processes; a DATABASE_URL's server is not ours to
+        measure). ``redis`` is the whole server's (INFO): on a shared
+        REDIS_URL, other clients' commands count too.
+        """
         assert self.web is not None
-        return {
+        cpu = {
             "web": self.web.cpu_seconds(),
             "workers": sum(w.cpu_seconds() for w in self.workers if w.alive()),
         }
+        postgres = self.session.postgres
+        if postgres is not None and not self.session.database_url:
+            cpu["postgres"] = postgres.cpu_seconds()
+        cpu["redis"] = self.session.redis_cpu_seconds()
+        return cpu
 
     def check_alive(self) -> None:
         for proc in self._procs:
@@ -477,6 +492,7 @@ class EmbeddedPostgres:
         self.data = self.dir / "data"
         self.port = free_port()
         self.started = False
+        self.pid = 0
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -525,6 +541,31 @@ class EmbeddedPostgres:
             "start",
         )
         self.started = True
+        # postmaster.pid's first line: the postmaster's pid.
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the cluster so far: the postmaster and its children.
+
+        Children that exited (a closed connection's backend, an autovacuum
+        worker) are in the postmaster's reaped-children times; the live ones
+        are measured before it, so one that exits between the two reads is
+        counted twice rather than lost.
+        """
+        root = psutil.Process(self.pid)
+        total = 0.0
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = child.cpu_times()
+                total += times.user + times.system
+        times = root.cpu_times()
+        return (
+            total
+            + times.user
+            + times.system
+            + times.children_user
+            + times.children_system
+        )
 
     def url(self, name: str) -> str:
         return f"postgres://bench@127.0.0.1:{self.port}/{name}"

@@ -353,6 +353,162 @@ HEADLINES: list[tuple[str, str, str, str, Any]] = [
     ),
     ("socketio", "{m}.idle_web_cpu_percent", "{m}: idle web CPU %", "", None),
     ("socketio", "{m}.opens_per_second", "{m}: sockets opened per s", "", None),
+    # Issue 15's figures. A's latency targets are the gateway's delay plus
+    # 200 / 600 ms (10.2 / 10.6 s at the post's 10 s), so a --quick run at
+    # a shorter delay has verdicts too.
+    ("workload", "post_{g}s.sockets", "A: gateway {g} s: sockets connected", "", None),
+    (
+        "workload",
+        "post_{g}s.in_flight",
+        "A: gateway {g} s: payments in flight at most",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.latency_ms.p50",
+        "A: gateway {g} s: POST → succeeded p50 ms",
+        "≤ gateway + 200 (10,200)",
+        lambda v, g: v <= 1000 * float(g) + 200,
+    ),
+    (
+        "workload",
+        "post_{g}s.latency_ms.p99",
+        "A: gateway {g} s: POST → succeeded p99 ms",
+        "≤ gateway + 600 (10,600)",
+        lambda v, g: v <= 1000 * float(g) + 600,
+    ),
+    (
+        "workload",
+        "post_{g}s.processing_after_post_ms.p50",
+        "  A: POST → processing p50 ms",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.post_response_ms.p50",
+        "  A: POST response p50 ms",
+        "",
+        None,
+    ),
+    # Steps of 1 s or 3 s here: connections' SYNs retried once daphne's
+    # listen backlog (Twisted's 50) was full, A's POSTs opening at once.
+    (
+        "workload",
+        "post_{g}s.post_response_ms.p99",
+        "  A: POST response p99 ms",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.http_connections_opened",
+        "  A: HTTP connections opened",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.not_completed",
+        "A: payments not completed",
+        "0",
+        lambda v, _: v == 0,
+    ),
+    ("workload", "post_{g}s.lost", "  A: lost (no terminal frame)", "", None),
+    ("workload", "post_{g}s.failed", "  A: failed or canceled", "", None),
+    ("workload", "post_{g}s.http_errors", "  A: HTTP errors", "", None),
+    (
+        "workload",
+        "post_{g}s.total_seconds",
+        "A: total s, first POST → last outcome",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "closed_50.payments_per_second",
+        "B: gateway 0 s, 50 clients, closed loop: payments/s",
+        "≥ 150",
+        lambda v, _: v >= 150,
+    ),
+    (
+        "workload",
+        "closed_50.latency_ms.p99",
+        "  B: POST → succeeded p99 ms",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "open_100.latency_ms.p99",
+        "C: gateway 0 s, 100/s offered, open loop: p99 ms",
+        "≤ 100",
+        lambda v, _: v <= 100,
+    ),
+    (
+        "workload",
+        "open_100.payments_per_second",
+        "  C: payments/s done",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "closed_50.cpu_ms_per_payment_all",
+        "D: CPU ms per payment, all processes, gateway 0 s (B)",
+        "≤ 10",
+        lambda v, _: v <= 10,
+    ),
+    (
+        "workload",
+        "closed_50.cpu_ms_per_payment.{p}",
+        "  D: {p} CPU ms per payment, gateway 0 s",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "closed_50.load_generator_cpu_ms_per_payment",
+        "  D: load generator CPU ms per payment, gateway 0 s (not counted)",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.cpu_ms_per_payment_all",
+        "D: CPU ms per payment, all processes, gateway {g} s (A)",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "post_{g}s.cpu_ms_per_payment.{p}",
+        "  D: {p} CPU ms per payment, gateway {g} s",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "worker_ms_ratio_{g}s_to_0s",
+        "D: worker CPU per payment, gateway {g} s ÷ 0 s",
+        "≤ 1",
+        lambda v, _: v <= 1,
+    ),
+    (
+        "workload",
+        "post_{g}s.worker_share_percent",
+        "  D: worker's share of all CPU %, gateway {g} s",
+        "",
+        None,
+    ),
+    (
+        "workload",
+        "closed_50.worker_share_percent",
+        "  D: worker's share of all CPU %, gateway 0 s",
+        "",
+        None,
+    ),
     ("soak", "cycles_per_second", "connect/close cycles per s", "", None),
     ("soak", "cycle_failures", "failed cycles", "0", lambda v, _: v == 0),
     ("soak", "rss_growth_mib", "web RSS growth MiB", "noise", None),
@@ -478,6 +634,8 @@ def _pretty(values: dict[str, str]) -> dict[str, str]:
 
 
 def _fmt(value: float) -> str:
+    if isinstance(value, int):  # counts
+        return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
@@ -502,10 +660,7 @@ def render(out_dir: Path, only: list[str] | None = None, suffix: str = "") -> st
         for key, values in _expand(path, summary):
             s = summary[key]
             arg = next(iter(values.values()), "")
-            verdict = ""
-            if test is not None:
-                ok = test(s["median"], arg)
-                verdict = "" if ok is None else ("met" if ok else "**missed**")
+            verdict = _verdict(test, s["median"], arg)
             shown_target = target if (test is None or verdict) else ""
             name = label.format(**_pretty(values))
             lines.append(
@@ -515,10 +670,41 @@ def render(out_dir: Path, only: list[str] | None = None, suffix: str = "") -> st
     return "\n".join(lines)
 
 
+def _verdict(test: Any, value: float, arg: str) -> str:
+    if test is None:
+        return ""
+    ok = test(value, arg)
+    return "" if ok is None else ("met" if ok else "**missed**")
+
+
+def measured(name: str, result: dict[str, Any]) -> str:
+    """One run's headlines as a table: figure | measured | target | verdict."""
+    from bench.__main__ import flatten
+
+    flat = flatten(result)
+    lines = ["| figure | measured | target | |", "|---|---:|---|---|"]
+    for bench, path, label, target, test in HEADLINES:
+        if bench != name:
+            continue
+        for key, values in _expand(path, flat):
+            verdict = _verdict(test, flat[key], next(iter(values.values()), ""))
+            lines.append(
+                f"| {label.format(**_pretty(values))} | {_fmt(flat[key])} "
+                f"| {target if verdict else ''} | {verdict} |"
+            )
+    return "\n".join(lines)
+
+
+#: Benchmarks whose runs are printed as a table with their targets.
+TABLES = {"workload"}
+
+
 def brief(name: str, result: dict[str, Any]) -> str:
     """One line per headline of one run, printed as the suite goes."""
     from bench.__main__ import flatten
 
+    if name in TABLES:
+        return f"{measured(name, result)}\n   ({result.get('seconds', '?')} s)"
     flat = flatten(result)
     out = []
     for bench, path, label, _, _ in HEADLINES:

@@ -16,6 +16,7 @@ from bench.benchmarks.polling import bench_polling
 from bench.benchmarks.profile import bench_profile
 from bench.benchmarks.soak import bench_soak
 from bench.benchmarks.socketio import bench_socketio
+from bench.benchmarks.workload import bench_workload
 
 __all__ = ["BENCHMARKS", "Context"]
 
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[Context], Coroutine[Any, Any, dict[str, Any]]]] 
     "choices": bench_choices,
     "soak": bench_soak,
     "socketio": bench_socketio,
+    "workload": bench_workload,
     "micro": bench_micro,
     "profile": bench_profile,
 }

@@ -57,6 +57,25 @@ def pct_ms(values: list[float]) -> dict[str, float]:
     return {k: (v if k == "n" else ms(v)) for k, v in stats.items()}
 
 
+def cpu_per_payment(
+    before: dict[str, float], after: dict[str, float], payments: int
+) -> dict[str, Any]:
+    """CPU ms per payment of each process of ``Stack.server_cpu``, and in all.
+
+    ``all`` is the product's processes (web, workers, PostgreSQL, Redis),
+    not the load generator; ``worker_share_percent`` the workers' part of it.
+    """
+    parts = {k: 1000 * (after[k] - before[k]) / max(1, payments) for k in after}
+    total = sum(parts.values())
+    return {
+        "cpu_ms_per_payment": {k: round(v, 2) for k, v in parts.items()},
+        "cpu_ms_per_payment_all": round(total, 2),
+        "worker_share_percent": round(100 * parts["workers"] / total, 1)
+        if total
+        else 0.0,
+    }
+
+
 async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 

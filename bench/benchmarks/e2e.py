@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from bench.benchmarks.common import Context, FrameLog, pct_ms
+from bench.benchmarks.common import Context, FrameLog, cpu_per_payment, pct_ms
 from bench.client import (
     HttpConnection,
     ws_close_all,
@@ -133,6 +133,11 @@ async def run_payments(
             100 * (cpu1["workers"] - cpu0["workers"]) / elapsed, 1
         ),
         "load_generator_cpu_percent": round(100 * client_cpu / elapsed, 1),
+        # Every process's, per payment (warm-up included, as the CPU is).
+        **cpu_per_payment(cpu0, cpu1, len(records)),
+        "load_generator_cpu_ms_per_payment": round(
+            1000 * client_cpu / max(1, len(records)), 2
+        ),
         "redis_cpu_percent": round(100 * delta["cpu_seconds"] / elapsed, 1),
         "redis_connections_per_payment": round(
             delta["connections_opened"] / max(1, len(records)), 2
