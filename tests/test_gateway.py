@@ -140,6 +140,7 @@ def test_charge_is_idempotent_on_payment_id(gateway, settings):
     assert first.outcome == second.outcome == Outcome.PENDING
     assert second.retry_after <= first.retry_after
 
+
 @pytest.mark.django_db(transaction=True)
 def test_charge_is_idempotent_outside_a_transaction(gateway, settings):
     """The worker charges in autocommit: the second INSERT fails on its own."""
