@@ -46,6 +46,11 @@ class Payment(models.Model):
     # When a payment still short of a terminal state counts as stuck (its job
     # lost with a killed worker) and recovery enqueues its processing again.
     recheck_at = models.DateTimeField(null=True, blank=True)
+    # When the gateway, which answered "pending", is worth asking again: the
+    # worker's settle sweep (services.payments_settle_due) asks for every
+    # payment whose time has come in one batch, instead of one deferred job
+    # per payment.
+    settle_at = models.DateTimeField(null=True, blank=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,
@@ -65,6 +70,11 @@ class Payment(models.Model):
                 fields=["recheck_at"],
                 condition=models.Q(status__in=["pending", "processing"]),
                 name="payment_recheck_idx",
+            ),
+            models.Index(
+                fields=["settle_at"],
+                condition=models.Q(status="processing", settle_at__isnull=False),
+                name="payment_settle_idx",
             ),
         ]
         constraints = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
@@ -10,7 +11,7 @@ from django.tasks import TaskResultStatus
 from django.utils.crypto import constant_time_compare
 from django_tasks_db.models import DBTaskResult
 
-from payments.models import Payment
+from payments.models import Payment, PaymentStatus
 
 
 def _parse_id(payment_id: Any) -> uuid.UUID | None:
@@ -106,3 +107,13 @@ def payment_method_outcomes() -> list[dict[str, str]]:
         }
         for method, (outcome, code, message) in OUTCOMES.items()
     ]
+
+
+def payment_next_settle_at() -> datetime | None:
+    """When the settle sweep next has a payment to ask the gateway about."""
+    return (
+        Payment.objects.filter(status=PaymentStatus.PROCESSING, settle_at__isnull=False)
+        .order_by("settle_at")
+        .values_list("settle_at", flat=True)
+        .first()
+    )

@@ -22,7 +22,7 @@ from django.utils import timezone
 from ops import metrics
 from ops.request_id import current_request_id
 from payments import outbox, tasks
-from payments.gateways import GatewayResult, Outcome, get_gateway
+from payments.gateways import GatewayError, GatewayResult, Outcome, get_gateway
 from payments.models import (
     TERMINAL_STATUSES,
     GatewayCall,
@@ -313,24 +313,75 @@ def _payment_apply_result(
     # idempotent, and records it then.
     with transaction.atomic():
         call.save()
-        if result.outcome == Outcome.SUCCEEDED:
-            payment_mark_succeeded(
-                payment_id=payment.id, detail=result.data, current=payment
+        _payment_apply_outcome(payment, result)
+
+
+def _payment_apply_outcome(payment: Payment, result: GatewayResult) -> None:
+    """Settle the payment as the gateway says, or set when to ask again."""
+    if result.outcome == Outcome.SUCCEEDED:
+        payment_mark_succeeded(
+            payment_id=payment.id, detail=result.data, current=payment
+        )
+    elif result.outcome == Outcome.FAILED:
+        payment_mark_failed(
+            payment_id=payment.id,
+            failure_code=result.failure_code,
+            failure_message=result.failure_message,
+            detail=result.data,
+            current=payment,
+        )
+    else:
+        # Not settled yet: the worker's settle sweep asks again when it is
+        # due, so no worker sits waiting for the provider.
+        Payment.objects.filter(pk=payment.id).update(
+            settle_at=timezone.now() + timedelta(seconds=result.retry_after),
+            recheck_at=stuck_deadline(result.retry_after),
+        )
+
+
+def payments_settle_due(*, limit: int = 100) -> int:
+    """Ask the gateway again for processing payments whose outcome is due.
+
+    Return how many were asked. This is the worker's settle sweep: one
+    transaction claims up to ``limit`` payments whose ``settle_at`` has come
+    (``SKIP LOCKED``, so workers sweeping together take different ones; a
+    claim clears ``settle_at``), the gateway is asked for each, and one
+    transaction records every answer and applies the outcomes: the same
+    conditional transitions and events as a job, a commit for the batch
+    instead of a job (claim, run, result) per payment. A sweep that dies after
+    its claim leaves the payments to recovery at their ``recheck_at``, which
+    charges again through the gateway's idempotency.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        due = list(
+            Payment.objects.select_for_update(skip_locked=True)
+            .filter(status=PaymentStatus.PROCESSING, settle_at__lte=now)
+            .order_by("settle_at")[:limit]
+        )
+        if not due:
+            return 0
+        Payment.objects.filter(pk__in=[p.pk for p in due]).update(settle_at=None)
+    gateway = get_gateway()
+    answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
+    for payment in due:
+        payment.settle_at = None
+        try:
+            result, call = _gateway_call(
+                payment, "retrieve", lambda p=payment: gateway.retrieve(payment=p)
             )
-        elif result.outcome == Outcome.FAILED:
-            payment_mark_failed(
-                payment_id=payment.id,
-                failure_code=result.failure_code,
-                failure_message=result.failure_message,
-                detail=result.data,
-                current=payment,
+        except GatewayError:
+            logger.warning(
+                "gateway retrieve failed payment=%s; recovery retries it",
+                payment.id,
+                exc_info=True,
             )
-        else:
-            # Not settled yet: ask again later in a deferred job, so no worker
-            # sits waiting for the provider.
-            Payment.objects.filter(pk=payment.id).update(
-                recheck_at=stuck_deadline(result.retry_after)
-            )
-            tasks.refresh_payment.using(
-                run_after=timezone.now() + timedelta(seconds=result.retry_after)
-            ).enqueue(payment_id=str(payment.id), **_traced())
+            continue
+        answered.append((payment, result, call))
+    # Independent transitions, one commit: the batch's records and outcomes
+    # land together or, on an error, not at all (recovery then retries).
+    with transaction.atomic():
+        GatewayCall.objects.bulk_create([call for _, _, call in answered])
+        for payment, result, _ in answered:
+            _payment_apply_outcome(payment, result)
+    return len(due)

@@ -16,6 +16,9 @@ def process_payment(*, payment_id: str, request_id: str = "") -> None:
         services.payment_process(payment_id=payment_id)
 
 
+# Jobs are no longer enqueued for this (the worker's settle sweep,
+# services.payments_settle_due, asks the gateway again); it stays so that jobs
+# enqueued by an earlier release still run after an upgrade.
 @task()
 def refresh_payment(*, payment_id: str, request_id: str = "") -> None:
     with request_id_bound(request_id):

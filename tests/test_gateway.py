@@ -141,6 +141,21 @@ def test_charge_is_idempotent_on_payment_id(gateway, settings):
     assert second.retry_after <= first.retry_after
 
 
+@pytest.mark.django_db(transaction=True)
+def test_charge_is_idempotent_outside_a_transaction(gateway, settings):
+    """The worker charges in autocommit: the second INSERT fails on its own."""
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = PaymentFactory()
+    first = gateway.charge(payment=payment)
+    second = gateway.charge(payment=payment)
+
+    assert SimulatedCharge.objects.count() == 1
+    assert first.outcome == second.outcome == Outcome.PENDING
+    assert abs(first.retry_after - second.retry_after) < 1
+    # The connection is still usable after the refused INSERT.
+    assert gateway.retrieve(payment=payment).outcome == Outcome.PENDING
+
+
 def test_charges_for_two_payments_are_separate(gateway):
     gateway.charge(payment=PaymentFactory())
     gateway.charge(payment=PaymentFactory())

@@ -364,6 +364,34 @@ def test_payment_past_its_deadline_with_an_open_job_is_not_enqueued_again(open_j
 
 
 @pytest.mark.django_db
+def test_payment_waiting_for_the_settle_sweep_is_not_enqueued_again():
+    """Past its deadline but still due for the sweep: the sweep is not lost."""
+    payment = PaymentFactory(status=PaymentStatus.PROCESSING)
+    Payment.objects.filter(pk=payment.pk).update(
+        settle_at=timezone.now() - timedelta(seconds=2)
+    )
+    stuck(payment)
+
+    assert recovery.payment_recover_stuck() == 0
+    assert process_tasks_for(payment) == 0
+    payment.refresh_from_db()
+    assert payment.recheck_at > timezone.now()
+
+
+@pytest.mark.django_db
+def test_payment_a_sweep_took_and_never_settled_is_enqueued_again(settings):
+    """A sweep's claim clears settle_at: if it dies there, recovery charges again."""
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = PaymentFactory()
+    services.payment_process(payment_id=payment.id)
+    Payment.objects.filter(pk=payment.pk).update(settle_at=None)
+    stuck(payment)
+
+    assert recovery.payment_recover_stuck() == 1
+    assert process_tasks_for(payment) == 1
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     "finished", [TaskResultStatus.FAILED, TaskResultStatus.SUCCESSFUL]
 )

@@ -423,7 +423,7 @@ def test_create_writes_nothing_when_enqueue_fails(monkeypatch):
     assert DBTaskResult.objects.count() == 0
 
 
-# payment_process and payment_refresh --------------------------------------
+# payment_process, the settle sweep, payment_refresh --------------------
 
 
 @pytest.mark.django_db
@@ -539,8 +539,16 @@ def test_process_of_missing_payment_does_nothing():
     assert GatewayCall.objects.count() == 0
 
 
+def settled_by_now(*payments) -> None:
+    """Make the simulated charges and the sweep's times of ``payments`` due."""
+    past = timezone.now() - timedelta(seconds=1)
+    ids = [p.id for p in payments]
+    SimulatedCharge.objects.filter(payment_id__in=ids).update(settles_at=past)
+    Payment.objects.filter(pk__in=ids).update(settle_at=past)
+
+
 @pytest.mark.django_db
-def test_process_with_delay_defers_outcome_to_refresh_job(settings):
+def test_process_with_delay_leaves_the_outcome_to_the_settle_sweep(settings):
     settings.PAYMENTS_SIMULATED_DELAY = 5
     payment = PaymentFactory(payment_method="pm_card_visa")
 
@@ -551,30 +559,37 @@ def test_process_with_delay_defers_outcome_to_refresh_job(settings):
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.PROCESSING
     assert payment.version == 2
-    job = DBTaskResult.objects.get(task_path=REFRESH_TASK)
-    assert job.args_kwargs["kwargs"] == {"payment_id": str(payment.id)}
-    assert started + timedelta(seconds=4) <= job.run_after
-    assert job.run_after <= finished + timedelta(seconds=5)
+    # No job per payment for the later look: the sweep's time is on the row.
+    assert not DBTaskResult.objects.filter(task_path=REFRESH_TASK).exists()
+    assert started + timedelta(seconds=4) <= payment.settle_at
+    assert payment.settle_at <= finished + timedelta(seconds=5)
     charge = SimulatedCharge.objects.get(payment_id=payment.id)
-    assert abs((job.run_after - charge.settles_at).total_seconds()) < 1
+    assert abs((payment.settle_at - charge.settles_at).total_seconds()) < 1
+    # Recovery looks only after the outcome was due and then some.
+    assert payment.recheck_at > payment.settle_at
     call = GatewayCall.objects.get(payment=payment)
     assert (call.operation, call.outcome) == ("charge", "pending")
     assert 4 < call.response["retry_after"] <= 5
 
-    # Refreshing before the charge settles keeps it processing and asks again.
-    services.payment_refresh(payment_id=payment.id)
+    # Not due yet: the sweep takes nothing.
+    assert services.payments_settle_due() == 0
+
+    # Due, but the gateway has no outcome yet: asked again later.
+    Payment.objects.filter(pk=payment.id).update(
+        settle_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert services.payments_settle_due() == 1
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.PROCESSING
-    assert DBTaskResult.objects.filter(task_path=REFRESH_TASK).count() == 2
+    assert payment.settle_at > timezone.now()
 
-    SimulatedCharge.objects.filter(payment_id=payment.id).update(
-        settles_at=timezone.now() - timedelta(seconds=1)
-    )
-    services.payment_refresh(payment_id=payment.id)
+    settled_by_now(payment)
+    assert services.payments_settle_due() == 1
 
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.SUCCEEDED
     assert payment.version == 3
+    assert payment.settle_at is None
     assert SimulatedCharge.objects.count() == 1
     calls = list(
         GatewayCall.objects.filter(payment=payment).values_list("operation", "outcome")
@@ -584,23 +599,117 @@ def test_process_with_delay_defers_outcome_to_refresh_job(settings):
         ("retrieve", "pending"),
         ("retrieve", "succeeded"),
     ]
-    assert DBTaskResult.objects.filter(task_path=REFRESH_TASK).count() == 2
+    assert DBTaskResult.objects.count() == 0
+    assert services.payments_settle_due() == 0
 
 
 @pytest.mark.django_db
-def test_refresh_applies_failure(settings):
+def test_settle_sweep_applies_failure(settings):
     settings.PAYMENTS_SIMULATED_DELAY = 5
     payment = PaymentFactory(payment_method="pm_card_chargeDeclinedExpiredCard")
     services.payment_process(payment_id=payment.id)
-    SimulatedCharge.objects.filter(payment_id=payment.id).update(
-        settles_at=timezone.now() - timedelta(seconds=1)
-    )
+    settled_by_now(payment)
 
-    services.payment_refresh(payment_id=payment.id)
+    assert services.payments_settle_due() == 1
 
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.FAILED
     assert payment.failure_code == "expired_card"
+
+
+@pytest.mark.django_db
+def test_settle_sweep_takes_a_batch_and_commits_it_once(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    methods = ["pm_card_visa", "pm_card_chargeDeclined"] * 3
+    payments = [PaymentFactory(payment_method=m) for m in methods]
+    for payment in payments:
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(*payments)
+
+    with django_capture_on_commit_callbacks(execute=True) as pushes:
+        assert services.payments_settle_due(limit=4) == 4
+    assert len(pushes) == 4
+    assert services.payments_settle_due(limit=4) == 2
+
+    statuses = sorted(Payment.objects.values_list("status", flat=True))
+    assert statuses == ["failed"] * 3 + ["succeeded"] * 3
+    assert (
+        PaymentEvent.objects.filter(to_status__in=["succeeded", "failed"]).count() == 6
+    )
+    assert GatewayCall.objects.filter(operation="retrieve").count() == 6
+
+
+@pytest.mark.django_db
+def test_settle_sweep_skips_a_payment_the_gateway_cannot_answer_for(settings):
+    """Its claim is cleared and recovery retries it; the rest settle."""
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    unanswered, answered = PaymentFactory(), PaymentFactory()
+    for payment in (unanswered, answered):
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(unanswered, answered)
+    SimulatedCharge.objects.filter(payment_id=unanswered.id).delete()
+
+    assert services.payments_settle_due() == 2
+
+    unanswered.refresh_from_db()
+    answered.refresh_from_db()
+    assert (unanswered.status, unanswered.settle_at) == (PaymentStatus.PROCESSING, None)
+    assert unanswered.recheck_at is not None
+    assert answered.status == PaymentStatus.SUCCEEDED
+    assert not GatewayCall.objects.filter(
+        payment=unanswered, operation="retrieve"
+    ).exists()
+
+
+@pytest.mark.django_db
+def test_settle_sweep_leaves_payments_no_longer_processing(settings):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = PaymentFactory()
+    services.payment_process(payment_id=payment.id)
+    settled_by_now(payment)
+    Payment.objects.filter(pk=payment.id).update(status=PaymentStatus.SUCCEEDED)
+
+    assert services.payments_settle_due() == 0
+    assert not GatewayCall.objects.filter(operation="retrieve").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settle_sweeps_together_take_different_payments(settings):
+    """A payment another sweep holds is skipped, not waited for nor taken twice."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SKIP LOCKED: SQLite runs one write transaction at a time")
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    held, free = PaymentFactory(), PaymentFactory()
+    for payment in (held, free):
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(held, free)
+    locked, release = threading.Event(), threading.Event()
+
+    def other_sweep() -> None:
+        try:
+            with transaction.atomic():
+                Payment.objects.select_for_update().get(pk=held.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            close_old_connections()
+
+    thread = threading.Thread(target=other_sweep)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        assert services.payments_settle_due() == 1
+    finally:
+        release.set()
+        thread.join(10)
+
+    held.refresh_from_db()
+    free.refresh_from_db()
+    assert held.status == PaymentStatus.PROCESSING
+    assert held.settle_at is not None
+    assert free.status == PaymentStatus.SUCCEEDED
 
 
 @pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The worker: its stop on SIGTERM, its connections, its finished jobs."""
+"""The worker: its stop on SIGTERM, its connections, its jobs, the settle sweep."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments import services
+from payments.models import Payment, SimulatedCharge
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 
 
@@ -93,7 +94,7 @@ def test_worker_keeps_connections_unless_pooled(
 def test_finished_jobs_are_pruned_and_waiting_ones_kept(settings) -> None:
     # The queue's table keeps every finished job; README has operators run
     # django-tasks-db's prune_db_task_results daily.
-    settings.PAYMENTS_SIMULATED_DELAY = 0  # one job per payment, no refresh
+    settings.PAYMENTS_SIMULATED_DELAY = 0  # settled by the charge, no sweep
     services.payment_create(amount=1000, currency="usd", payment_method="pm_card_visa")
     worker = make_worker()
     worker.run_task(worker._claim())
@@ -110,3 +111,37 @@ def test_finished_jobs_are_pruned_and_waiting_ones_kept(settings) -> None:
     assert [(status, kw["kwargs"]) for status, kw in left] == [
         (TaskResultStatus.READY, {"payment_id": str(waiting.id)})
     ]
+
+
+@pytest.mark.django_db
+def test_idle_worker_waits_until_the_next_outcome_is_due(settings) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 0.5
+    worker = make_worker()
+    assert worker._idle_timeout() == worker.interval
+
+    payment = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa"
+    )
+    worker.run_task(worker._claim())
+
+    assert 0 < worker._idle_timeout() <= 0.5
+    payment.refresh_from_db()
+    assert payment.status == "processing"
+
+
+@pytest.mark.django_db
+def test_worker_loop_settles_due_payments_between_jobs(settings) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payment = services.payment_create(
+        amount=1000, currency="usd", payment_method="pm_card_visa"
+    )
+    worker = make_worker()
+    worker.run_task(worker._claim())
+    past = timezone.now() - timedelta(seconds=1)
+    SimulatedCharge.objects.filter(payment_id=payment.id).update(settles_at=past)
+    Payment.objects.filter(pk=payment.id).update(settle_at=past)
+
+    worker._settle_due()
+
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"

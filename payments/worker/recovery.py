@@ -41,7 +41,8 @@ def payment_recover_stuck(*, limit: int = 500) -> int:
 
     A payment is stuck when it is still pending or processing past its
     ``recheck_at`` and has no open job: none queued (READY, deferred ones
-    included) and none RUNNING. Its job then failed or is gone; a dead
+    included) and none RUNNING, and it does not wait for the settle sweep
+    (``settle_at`` set). Its job then failed or is gone; a dead
     worker's RUNNING job is recovery.tasks_release_abandoned's to re-run. A
     payment past its deadline with an open job (a backlog, workers away) only
     has its deadline moved on, so a backlog is never enqueued twice. Running
@@ -56,7 +57,7 @@ def payment_recover_stuck(*, limit: int = 500) -> int:
             recheck_at__lt=now,
         )
         .order_by("recheck_at")
-        .values_list("pk", "recheck_at")[:limit]
+        .values_list("pk", "recheck_at", "settle_at")[:limit]
     )
     if not candidates:
         return 0
@@ -64,15 +65,18 @@ def payment_recover_stuck(*, limit: int = 500) -> int:
     # deferred refresh) by enqueuing it before it finishes, so an open job
     # is seen either way.
     open_jobs = selectors.payment_ids_with_open_job(
-        payment_ids=[pk for pk, _ in candidates]
+        payment_ids=[pk for pk, _, _ in candidates]
     )
     recovered = 0
-    for payment_id, recheck_at in candidates:
+    for payment_id, recheck_at, settle_at in candidates:
         with transaction.atomic():
             claimed = Payment.objects.filter(
                 pk=payment_id, recheck_at=recheck_at
             ).update(recheck_at=services.stuck_deadline())
-            if claimed and str(payment_id) not in open_jobs:
+            # Waiting for the settle sweep is not lost: the sweep runs in
+            # every worker, as this does.
+            lost = str(payment_id) not in open_jobs and settle_at is None
+            if claimed and lost:
                 tasks.process_payment.enqueue(payment_id=str(payment_id))
                 recovered += 1
                 logger.warning("payment %s was stuck; processing again", payment_id)
