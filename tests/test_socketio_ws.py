@@ -272,3 +272,96 @@ async def test_the_open_packet_advertises_what_a_frame_may_carry(
         "type": "websocket.close",
         "code": 1009,
     }
+
+
+# The session's end, whenever it comes ---------------------------------------------
+
+
+async def test_a_late_upgrade_of_a_session_that_ended_leaves_no_key(
+    redis_client,
+) -> None:
+    alive = sessions.SessionStore(sessions.new_sid())
+    await alive.create(owner="specific.owner")
+    assert await alive.mark_upgraded()
+    assert not await alive.mark_upgraded()
+    assert await redis_client.ttl(alive.state_key) > 0
+
+    closed = sessions.SessionStore(sessions.new_sid())
+    await closed.create(owner="specific.owner")
+    await closed.close()
+    expired = sessions.SessionStore(sessions.new_sid())
+    await expired.create(owner="specific.owner")
+    await redis_client.pexpire(expired.state_key, 1)
+
+    async def expired_gone() -> bool:
+        return not await redis_client.exists(expired.state_key)
+
+    await until(expired_gone, "the session to expire")
+    for store in (closed, expired):
+        assert not await store.mark_upgraded()
+        assert not await redis_client.exists(store.state_key)
+
+
+def hold_the_take_all(store: sessions.SessionStore) -> tuple[Any, Any]:
+    """Hold the upgrade's hand-over once the mailbox is drained.
+
+    Return the events (taken, resume): set when it is held, set to resume it.
+    """
+    take_all = store.take_all
+    taken, resume = asyncio.Event(), asyncio.Event()
+
+    async def held() -> list[str]:
+        queued = await take_all()
+        taken.set()
+        await resume.wait()
+        return queued
+
+    store.take_all = held
+    return taken, resume
+
+
+async def test_a_close_during_the_hand_over_closes_the_upgraded_socket(
+    sockets, polling_session, redis_client
+) -> None:
+    # The mailbox drained, the channel not yet recorded: a close packet
+    # pushed to the mailbox now reaches no one, and the socket waited for
+    # its watchdog (pingInterval + pingTimeout, 45 s).
+    taken, resume = hold_the_take_all(polling_session.store)
+    upgraded = await upgrade(sockets, polling_session)
+    await asyncio.wait_for(taken.wait(), TIMEOUT)
+    # As the ping loop closes (a timeout): it also cancels the hand-over.
+    await polling_session.close("ping timeout")
+    resume.set()
+    while (packet := await upgraded.receive_from(TIMEOUT)) == "6":
+        pass
+    assert packet == "1"
+    assert await upgraded.receive_output(TIMEOUT) == {"type": "websocket.close"}
+    await upgraded.disconnect(timeout=TIMEOUT)  # the client's answer to the close
+
+    async def keys_gone() -> bool:
+        return not await session_keys(redis_client)
+
+    await until(keys_gone, "the session's keys to go")
+
+
+async def test_a_delivery_behind_the_hand_over_is_dropped_once_closed(
+    polling_session,
+) -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    taken, resume = hold_the_take_all(polling_session.store)
+    move = asyncio.create_task(polling_session.move_to(channel))
+    await asyncio.wait_for(taken.wait(), TIMEOUT)
+    delivery = asyncio.create_task(polling_session.deliver(['42["late"]']))
+    await asyncio.sleep(0)  # let it reach the lock the hand-over holds
+    await polling_session.close("client closed")
+    resume.set()
+    await asyncio.wait_for(asyncio.gather(move, delivery), TIMEOUT)
+    fence = {"type": "fence"}
+    await layer.send(channel, fence)
+    received = []
+    while (message := await asyncio.wait_for(layer.receive(channel), TIMEOUT)) != (
+        fence
+    ):
+        received.append(message)
+    assert received == [{"type": owner.DELIVER_TYPE, "packets": ["1"]}]

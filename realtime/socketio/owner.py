@@ -79,10 +79,11 @@ class SessionOwner:
         self.layer = get_channel_layer()
         self.channel = channel
         self._own_channel = not channel
-        # The upgraded consumer's channel, once the session moved to it; the
-        # lock keeps a delivery from landing in the mailbox after it was
-        # drained for the move.
+        # The upgraded consumer's channel, once the session moved to it
+        # (moving_to: from the start of the move); the lock keeps a delivery
+        # from landing in the mailbox after it was drained for the move.
         self.upgraded_to = ""
+        self.moving_to = ""
         self._delivering = asyncio.Lock()
         self.namespace_sid: str | None = None
         self.joined: set[str] = set()
@@ -122,11 +123,11 @@ class SessionOwner:
         if self._on_close is not None:
             with contextlib.suppress(Exception):
                 await self._on_close()
-        if self.upgraded_to:
+        if self.moving_to:
             # Not through deliver(): close() may run inside it, holding its lock.
             with contextlib.suppress(Exception):
                 await self.layer.send(
-                    self.upgraded_to, {"type": DELIVER_TYPE, "packets": [packets.CLOSE]}
+                    self.moving_to, {"type": DELIVER_TYPE, "packets": [packets.CLOSE]}
                 )
         if self.store is not None:
             with contextlib.suppress(Exception):
@@ -145,6 +146,10 @@ class SessionOwner:
             return
         assert self.store is not None
         async with self._delivering:
+            if self.closed:
+                # Closed while this waited for the hand-over: the close
+                # packet went out already, nothing may follow it.
+                return
             if self.upgraded_to:
                 await self.layer.send(
                     self.upgraded_to, {"type": DELIVER_TYPE, "packets": items}
@@ -160,8 +165,14 @@ class SessionOwner:
         What the mailbox holds goes first, in one message: everything sent
         before the move, in order, and nothing after it is left behind.
         """
-        if self.store is None or self.upgraded_to:
+        if self.store is None or self.upgraded_to or self.moving_to:
             return
+        # Before the take-all: a close() from here on tells this channel. It
+        # cannot count on the move finishing (close() cancels the task
+        # running it), and a close packet pushed to the mailbox after the
+        # take-all reaches no one: the socket would wait for its watchdog
+        # (pingInterval + pingTimeout).
+        self.moving_to = channel
         async with self._delivering:
             queued = await self.store.take_all()
             self.upgraded_to = channel
