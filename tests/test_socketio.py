@@ -559,7 +559,7 @@ def test_two_hundred_upgraded_sockets_hold_no_redis_connection_each(
             def left() -> list[bytes]:
                 return client.keys(f"{prefix}:sio:*") + [
                     channel
-                    for pattern in ("specific.*", "sio.*", "__group__*")
+                    for pattern in ("specific.*", "__group__*")
                     for channel in client.pubsub_channels(f"{prefix}{pattern}")
                 ]
 

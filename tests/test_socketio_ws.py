@@ -20,9 +20,10 @@ from django.conf import settings
 
 from config.asgi import application
 from realtime import groups
-from realtime.socketio import limits, owner, sessions
+from realtime.socketio import limits, owner, packets, sessions
 from realtime.socketio.websocket import WebSocketConsumer
-from tests.test_consumer import group_members
+from tests.conftest import CORE_LAYER, PUBSUB_LAYER
+from tests.test_consumer import group_members, payment_frame_data, send_to_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -209,6 +210,39 @@ async def test_a_lost_layer_subscription_closes_the_session_1011(
         return not members and not await session_keys(redis_client)
 
     await until(all_gone, "the groups and keys to go")
+
+
+# Both channel layers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [PUBSUB_LAYER, CORE_LAYER], ids=["pubsub", "core"])
+async def test_a_polling_session_is_served_beside_a_websocket_on_either_layer(
+    backend: str, settings, sockets, polling_sessions
+) -> None:
+    """The owner hears the client's packets and its groups' pushes.
+
+    A WebSocket listening in the process first: on the core layer its
+    receive held the one Redis read of the process's channels (one key per
+    channel prefix), and an owner's channel of another prefix heard nothing.
+    """
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS["default"]["BACKEND"] = backend
+    channel_layers.backends.clear()
+    communicator = await sockets(OPEN)
+    assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+    session = await polling_sessions()
+    # What a POST sends.
+    await get_channel_layer().send(
+        session.channel, {"type": owner.PACKETS_TYPE, "packets": ["40"]}
+    )
+    connected = await session.store.pop(timeout=TIMEOUT)
+    assert connected[0].startswith('40{"sid":'), connected
+    payment = payment_frame_data()
+    await send_to_socket(session.namespace_sid, payment)
+    assert await session.store.pop(timeout=TIMEOUT) == [
+        packets.event("payment-status", payment)
+    ]
 
 
 # The rate limit, on every frame of both kinds of WebSocket ------------------------

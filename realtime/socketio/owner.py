@@ -100,7 +100,11 @@ class SessionOwner:
             asyncio.create_task(self._ping_loop(), name=f"sio-ping-{self.sid}")
         ]
         if self._own_channel:
-            self.channel = await self.layer.new_channel("sio.")
+            # The layer's own prefix: the core layer serves every channel of
+            # a process from one Redis key per prefix, one receiver at a time,
+            # so a channel of another prefix ("sio.") waited behind the
+            # consumers' ("specific.") and the owner heard no packet.
+            self.channel = await self.layer.new_channel()
             self._tasks.append(
                 asyncio.create_task(
                     self._receive_loop(), name=f"sio-receive-{self.sid}"
