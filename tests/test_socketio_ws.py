@@ -289,6 +289,9 @@ def test_max_payload_is_the_smallest_limit(settings, monkeypatch) -> None:
     assert limits.max_payload() == 16384
     monkeypatch.setattr(limits, "server_message_limit", 1000)
     assert limits.max_payload() == 1000
+    # The web server's body limit for the polling path (WEB_MAX_BODY_BYTES).
+    monkeypatch.setattr(limits, "server_body_limit", 900)
+    assert limits.max_payload() == 900
 
 
 async def test_the_open_packet_advertises_what_a_frame_may_carry(
