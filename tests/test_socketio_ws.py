@@ -278,6 +278,38 @@ async def test_every_websocket_frame_counts_against_the_rate_limit(
     }
 
 
+RATE_LIMITED_CONNECT = (
+    '44{"message":"packet: at most 1 packets a second; slow down or the session '
+    'is closed.","data":{"code":"rate_limited"}}'
+)
+
+
+@pytest.mark.parametrize("transport", ["polling", "opened", "upgraded"])
+async def test_a_refused_connect_is_answered_connect_error(
+    sockets, polling_sessions, settings, transport: str
+) -> None:
+    # The client waits for the answer to its CONNECT for ever, and may read
+    # nothing else of the namespace before it: no error event.
+    settings.REALTIME_RATE_LIMIT = 1
+    settings.REALTIME_MAX_SUBSCRIPTIONS = 1  # bursts of two
+    if transport == "polling":
+        session = await polling_sessions()
+        await session.handle(['42["early"]', '42["early"]', "40"])
+        assert await session.store.pop(timeout=TIMEOUT) == [RATE_LIMITED_CONNECT]
+        return
+    if transport == "upgraded":
+        communicator = await upgrade(sockets, await polling_sessions())  # 2 frames
+    else:
+        communicator = await sockets(OPEN)
+        assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+        for _ in range(2):
+            await communicator.send_to(text_data="2")
+    await communicator.send_to(text_data="40")
+    while (packet := await communicator.receive_from(TIMEOUT)) == "6":
+        pass
+    assert packet == RATE_LIMITED_CONNECT
+
+
 # maxPayload --------------------------------------------------------------------
 
 

@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 PACKETS_TYPE = "sio.packets"  # {"packets": [engine packet, ...]} from the client
 CLOSE_TYPE = "sio.close"  # the client's transport is gone, or misbehaved
 UPGRADE_TYPE = "sio.upgrade"  # {"channel": the upgraded consumer's channel}
+#: The upgraded consumer's rate limit: {"code", "message"} to tell the client
+#: (the first refusal), {"data": a refused Socket.IO packet, "code", "message"}.
+ERROR_TYPE = "sio.error"
+REFUSED_TYPE = "sio.refused"
 #: What the upgraded consumer's channel receives: {"packets": [...]} for the client.
 DELIVER_TYPE = "sio.deliver"
 
@@ -207,6 +211,10 @@ class SessionOwner:
             await self._send_status(message["payment"])
         elif kind == PACKETS_TYPE:
             await self.handle(message["packets"], limited=message.get("limited", False))
+        elif kind == ERROR_TYPE:
+            await self.emit_error(message["code"], message["message"])
+        elif kind == REFUSED_TYPE:
+            await self.refused(message["data"], message["code"], message["message"])
         elif kind == UPGRADE_TYPE:
             await self.move_to(message["channel"])
         elif kind == CLOSE_TYPE:
@@ -259,17 +267,49 @@ class SessionOwner:
             elif kind == packets.CLOSE:
                 await self.close("client closed")
             elif kind == packets.MESSAGE:
-                if limited or await self._allowed():
+                if limited or await self._allowed(data):
                     await self._handle_socket(data)
             # Pings, upgrades and noops from the client need no answer here.
 
-    async def _allowed(self) -> bool:
+    async def _allowed(self, data: str) -> bool:
+        async def refuse(code: str, message: str) -> None:
+            await self.refused(data, code, message)
+
         return await ratelimit.admit(
             self.rate_limit,
             unit="packet",
             holder="session",
             warn=self.emit_error,
             close=self._close_flooding,
+            refuse=refuse,
+        )
+
+    async def refused(self, data: str, code: str, message: str) -> None:
+        """Answer a Socket.IO packet (``data``) the rate limit refused, if it must be.
+
+        A CONNECT is answered CONNECT_ERROR: the client waits for the answer
+        to its CONNECT, without a timeout, and may read nothing else of the
+        namespace first (an error event before the namespace's CONNECT is
+        not the protocol). Other packets refused before the CONNECT go
+        unanswered (emit_error); a flood closes the session either way.
+        """
+        try:
+            packet = packets.decode_socket(data)
+        except PacketError:
+            return
+        if packet.type != packets.CONNECT or (
+            packet.namespace == packets.DEFAULT_NAMESPACE
+            and self.namespace_sid is not None
+        ):
+            return
+        await self.deliver(
+            [
+                packets.encode_socket(
+                    packets.CONNECT_ERROR,
+                    {"message": message, "data": {"code": code}},
+                    namespace=packet.namespace,
+                )
+            ]
         )
 
     async def _close_flooding(self) -> None:
