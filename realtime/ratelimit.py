@@ -69,20 +69,27 @@ async def admit(
     holder: str,
     warn: Callable[[str, str], Awaitable[None]],
     close: Callable[[], Awaitable[None]],
+    refuse: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> bool:
     """Check one client frame (or packet) against ``limit``; act on the verdict.
 
     The first refusal calls ``warn(code, message)``, a flood calls
-    ``close()``; True if the frame may be served. ``unit`` and ``holder``
+    ``close()``; every refusal short of the close calls ``refuse(code,
+    message)`` too, if given (after ``warn``), for a frame the protocol
+    must answer. True if the frame may be served. ``unit`` and ``holder``
     name what is counted and what is closed in the message.
     """
     verdict = limit.check()
-    if verdict is Verdict.WARN:
-        await warn(
-            "rate_limited",
-            f"{unit}: at most {limit.rate:g} {unit}s a second; slow down or the "
-            f"{holder} is closed.",
-        )
-    elif verdict is Verdict.CLOSE:
+    if verdict is Verdict.CLOSE:
         await close()
+    elif verdict is not Verdict.ALLOW:
+        code = "rate_limited"
+        message = (
+            f"{unit}: at most {limit.rate:g} {unit}s a second; slow down or the "
+            f"{holder} is closed."
+        )
+        if verdict is Verdict.WARN:
+            await warn(code, message)
+        if refuse is not None:
+            await refuse(code, message)
     return verdict is Verdict.ALLOW

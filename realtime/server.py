@@ -37,7 +37,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor
 
-from realtime.http_edge import LimitedHTTPFactory, replying
+from realtime.http_edge import LimitedHTTPFactory, body_limit, replying
 from realtime.socketio import limits as socketio_limits
 
 logger = logging.getLogger(__name__)
@@ -194,8 +194,9 @@ class GracefulServer(Server):
             from django.conf import settings
 
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
-        # Socket.IO advertises no more than this (its open packet's maxPayload).
+        # Socket.IO advertises no more than these (its open packet's maxPayload).
         socketio_limits.server_message_limit = kwargs["websocket_max_message_size"]
+        socketio_limits.server_body_limit = body_limit(socketio_limits.POLLING_TARGET)
         if kwargs.get("action_logger") is not None:
             # daphne's stream logger (stdout, or --access-log's file) is
             # replaced: the access log follows LOGGING like every other line.

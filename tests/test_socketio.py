@@ -508,6 +508,30 @@ def test_the_open_packet_advertises_the_smallest_limit(polling: Polling) -> None
     assert opened["maxPayload"] == 4096
 
 
+def test_the_open_packet_advertises_no_more_than_the_web_takes_on_the_path(
+    transactional_db: None, isolated_channel_layer: str
+) -> None:
+    # The web server's body limit for /socket.io/, below the other two.
+    with checked_stack(
+        isolated_channel_layer,
+        worker=False,
+        WEB_MAX_BODY_BYTES="/api/=65536;/=3000",
+        **QUIET,
+    ) as stack:
+        polling = Polling(stack)
+        try:
+            polling.open()
+            opened = json.loads(polling.handshake().text[1:])
+            assert opened["maxPayload"] == 3000
+            # A body of that size is taken, one byte more is refused.
+            assert polling.post("6" * 3000).text == "ok"
+            refused = polling.post("6" * 3001)
+            assert refused.status_code == 413
+            assert refused.json()["error"]["code"] == "request_too_large"
+        finally:
+            polling.close()
+
+
 @pytest.mark.timeout(600)  # 200 handshakes in turn, on a machine shared by others
 def test_two_hundred_upgraded_sockets_hold_no_redis_connection_each(
     transactional_db: None, isolated_channel_layer: str
@@ -559,7 +583,7 @@ def test_two_hundred_upgraded_sockets_hold_no_redis_connection_each(
             def left() -> list[bytes]:
                 return client.keys(f"{prefix}:sio:*") + [
                     channel
-                    for pattern in ("specific.*", "sio.*", "__group__*")
+                    for pattern in ("specific.*", "__group__*")
                     for channel in client.pubsub_channels(f"{prefix}{pattern}")
                 ]
 

@@ -20,9 +20,10 @@ from django.conf import settings
 
 from config.asgi import application
 from realtime import groups
-from realtime.socketio import limits, owner, sessions
+from realtime.socketio import limits, owner, packets, sessions
 from realtime.socketio.websocket import WebSocketConsumer
-from tests.test_consumer import group_members
+from tests.conftest import CORE_LAYER, PUBSUB_LAYER
+from tests.test_consumer import group_members, payment_frame_data, send_to_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -211,6 +212,39 @@ async def test_a_lost_layer_subscription_closes_the_session_1011(
     await until(all_gone, "the groups and keys to go")
 
 
+# Both channel layers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [PUBSUB_LAYER, CORE_LAYER], ids=["pubsub", "core"])
+async def test_a_polling_session_is_served_beside_a_websocket_on_either_layer(
+    backend: str, settings, sockets, polling_sessions
+) -> None:
+    """The owner hears the client's packets and its groups' pushes.
+
+    A WebSocket listening in the process first: on the core layer its
+    receive held the one Redis read of the process's channels (one key per
+    channel prefix), and an owner's channel of another prefix heard nothing.
+    """
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS["default"]["BACKEND"] = backend
+    channel_layers.backends.clear()
+    communicator = await sockets(OPEN)
+    assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+    session = await polling_sessions()
+    # What a POST sends.
+    await get_channel_layer().send(
+        session.channel, {"type": owner.PACKETS_TYPE, "packets": ["40"]}
+    )
+    connected = await session.store.pop(timeout=TIMEOUT)
+    assert connected[0].startswith('40{"sid":'), connected
+    payment = payment_frame_data()
+    await send_to_socket(session.namespace_sid, payment)
+    assert await session.store.pop(timeout=TIMEOUT) == [
+        packets.event("payment-status", payment)
+    ]
+
+
 # The rate limit, on every frame of both kinds of WebSocket ------------------------
 
 
@@ -244,6 +278,38 @@ async def test_every_websocket_frame_counts_against_the_rate_limit(
     }
 
 
+RATE_LIMITED_CONNECT = (
+    '44{"message":"packet: at most 1 packets a second; slow down or the session '
+    'is closed.","data":{"code":"rate_limited"}}'
+)
+
+
+@pytest.mark.parametrize("transport", ["polling", "opened", "upgraded"])
+async def test_a_refused_connect_is_answered_connect_error(
+    sockets, polling_sessions, settings, transport: str
+) -> None:
+    # The client waits for the answer to its CONNECT for ever, and may read
+    # nothing else of the namespace before it: no error event.
+    settings.REALTIME_RATE_LIMIT = 1
+    settings.REALTIME_MAX_SUBSCRIPTIONS = 1  # bursts of two
+    if transport == "polling":
+        session = await polling_sessions()
+        await session.handle(['42["early"]', '42["early"]', "40"])
+        assert await session.store.pop(timeout=TIMEOUT) == [RATE_LIMITED_CONNECT]
+        return
+    if transport == "upgraded":
+        communicator = await upgrade(sockets, await polling_sessions())  # 2 frames
+    else:
+        communicator = await sockets(OPEN)
+        assert (await communicator.receive_from(TIMEOUT)).startswith('0{"sid":')
+        for _ in range(2):
+            await communicator.send_to(text_data="2")
+    await communicator.send_to(text_data="40")
+    while (packet := await communicator.receive_from(TIMEOUT)) == "6":
+        pass
+    assert packet == RATE_LIMITED_CONNECT
+
+
 # maxPayload --------------------------------------------------------------------
 
 
@@ -255,6 +321,9 @@ def test_max_payload_is_the_smallest_limit(settings, monkeypatch) -> None:
     assert limits.max_payload() == 16384
     monkeypatch.setattr(limits, "server_message_limit", 1000)
     assert limits.max_payload() == 1000
+    # The web server's body limit for the polling path (WEB_MAX_BODY_BYTES).
+    monkeypatch.setattr(limits, "server_body_limit", 900)
+    assert limits.max_payload() == 900
 
 
 async def test_the_open_packet_advertises_what_a_frame_may_carry(
@@ -272,3 +341,96 @@ async def test_the_open_packet_advertises_what_a_frame_may_carry(
         "type": "websocket.close",
         "code": 1009,
     }
+
+
+# The session's end, whenever it comes ---------------------------------------------
+
+
+async def test_a_late_upgrade_of_a_session_that_ended_leaves_no_key(
+    redis_client,
+) -> None:
+    alive = sessions.SessionStore(sessions.new_sid())
+    await alive.create(owner="specific.owner")
+    assert await alive.mark_upgraded()
+    assert not await alive.mark_upgraded()
+    assert await redis_client.ttl(alive.state_key) > 0
+
+    closed = sessions.SessionStore(sessions.new_sid())
+    await closed.create(owner="specific.owner")
+    await closed.close()
+    expired = sessions.SessionStore(sessions.new_sid())
+    await expired.create(owner="specific.owner")
+    await redis_client.pexpire(expired.state_key, 1)
+
+    async def expired_gone() -> bool:
+        return not await redis_client.exists(expired.state_key)
+
+    await until(expired_gone, "the session to expire")
+    for store in (closed, expired):
+        assert not await store.mark_upgraded()
+        assert not await redis_client.exists(store.state_key)
+
+
+def hold_the_take_all(store: sessions.SessionStore) -> tuple[Any, Any]:
+    """Hold the upgrade's hand-over once the mailbox is drained.
+
+    Return the events (taken, resume): set when it is held, set to resume it.
+    """
+    take_all = store.take_all
+    taken, resume = asyncio.Event(), asyncio.Event()
+
+    async def held() -> list[str]:
+        queued = await take_all()
+        taken.set()
+        await resume.wait()
+        return queued
+
+    store.take_all = held
+    return taken, resume
+
+
+async def test_a_close_during_the_hand_over_closes_the_upgraded_socket(
+    sockets, polling_session, redis_client
+) -> None:
+    # The mailbox drained, the channel not yet recorded: a close packet
+    # pushed to the mailbox now reaches no one, and the socket waited for
+    # its watchdog (pingInterval + pingTimeout, 45 s).
+    taken, resume = hold_the_take_all(polling_session.store)
+    upgraded = await upgrade(sockets, polling_session)
+    await asyncio.wait_for(taken.wait(), TIMEOUT)
+    # As the ping loop closes (a timeout): it also cancels the hand-over.
+    await polling_session.close("ping timeout")
+    resume.set()
+    while (packet := await upgraded.receive_from(TIMEOUT)) == "6":
+        pass
+    assert packet == "1"
+    assert await upgraded.receive_output(TIMEOUT) == {"type": "websocket.close"}
+    await upgraded.disconnect(timeout=TIMEOUT)  # the client's answer to the close
+
+    async def keys_gone() -> bool:
+        return not await session_keys(redis_client)
+
+    await until(keys_gone, "the session's keys to go")
+
+
+async def test_a_delivery_behind_the_hand_over_is_dropped_once_closed(
+    polling_session,
+) -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    taken, resume = hold_the_take_all(polling_session.store)
+    move = asyncio.create_task(polling_session.move_to(channel))
+    await asyncio.wait_for(taken.wait(), TIMEOUT)
+    delivery = asyncio.create_task(polling_session.deliver(['42["late"]']))
+    await asyncio.sleep(0)  # let it reach the lock the hand-over holds
+    await polling_session.close("client closed")
+    resume.set()
+    await asyncio.wait_for(asyncio.gather(move, delivery), TIMEOUT)
+    fence = {"type": "fence"}
+    await layer.send(channel, fence)
+    received = []
+    while (message := await asyncio.wait_for(layer.receive(channel), TIMEOUT)) != (
+        fence
+    ):
+        received.append(message)
+    assert received == [{"type": owner.DELIVER_TYPE, "packets": ["1"]}]

@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 PACKETS_TYPE = "sio.packets"  # {"packets": [engine packet, ...]} from the client
 CLOSE_TYPE = "sio.close"  # the client's transport is gone, or misbehaved
 UPGRADE_TYPE = "sio.upgrade"  # {"channel": the upgraded consumer's channel}
+#: The upgraded consumer's rate limit: {"code", "message"} to tell the client
+#: (the first refusal), {"data": a refused Socket.IO packet, "code", "message"}.
+ERROR_TYPE = "sio.error"
+REFUSED_TYPE = "sio.refused"
 #: What the upgraded consumer's channel receives: {"packets": [...]} for the client.
 DELIVER_TYPE = "sio.deliver"
 
@@ -79,10 +83,11 @@ class SessionOwner:
         self.layer = get_channel_layer()
         self.channel = channel
         self._own_channel = not channel
-        # The upgraded consumer's channel, once the session moved to it; the
-        # lock keeps a delivery from landing in the mailbox after it was
-        # drained for the move.
+        # The upgraded consumer's channel, once the session moved to it
+        # (moving_to: from the start of the move); the lock keeps a delivery
+        # from landing in the mailbox after it was drained for the move.
         self.upgraded_to = ""
+        self.moving_to = ""
         self._delivering = asyncio.Lock()
         self.namespace_sid: str | None = None
         self.joined: set[str] = set()
@@ -99,7 +104,11 @@ class SessionOwner:
             asyncio.create_task(self._ping_loop(), name=f"sio-ping-{self.sid}")
         ]
         if self._own_channel:
-            self.channel = await self.layer.new_channel("sio.")
+            # The layer's own prefix: the core layer serves every channel of
+            # a process from one Redis key per prefix, one receiver at a time,
+            # so a channel of another prefix ("sio.") waited behind the
+            # consumers' ("specific.") and the owner heard no packet.
+            self.channel = await self.layer.new_channel()
             self._tasks.append(
                 asyncio.create_task(
                     self._receive_loop(), name=f"sio-receive-{self.sid}"
@@ -122,11 +131,11 @@ class SessionOwner:
         if self._on_close is not None:
             with contextlib.suppress(Exception):
                 await self._on_close()
-        if self.upgraded_to:
+        if self.moving_to:
             # Not through deliver(): close() may run inside it, holding its lock.
             with contextlib.suppress(Exception):
                 await self.layer.send(
-                    self.upgraded_to, {"type": DELIVER_TYPE, "packets": [packets.CLOSE]}
+                    self.moving_to, {"type": DELIVER_TYPE, "packets": [packets.CLOSE]}
                 )
         if self.store is not None:
             with contextlib.suppress(Exception):
@@ -145,6 +154,10 @@ class SessionOwner:
             return
         assert self.store is not None
         async with self._delivering:
+            if self.closed:
+                # Closed while this waited for the hand-over: the close
+                # packet went out already, nothing may follow it.
+                return
             if self.upgraded_to:
                 await self.layer.send(
                     self.upgraded_to, {"type": DELIVER_TYPE, "packets": items}
@@ -160,8 +173,14 @@ class SessionOwner:
         What the mailbox holds goes first, in one message: everything sent
         before the move, in order, and nothing after it is left behind.
         """
-        if self.store is None or self.upgraded_to:
+        if self.store is None or self.upgraded_to or self.moving_to:
             return
+        # Before the take-all: a close() from here on tells this channel. It
+        # cannot count on the move finishing (close() cancels the task
+        # running it), and a close packet pushed to the mailbox after the
+        # take-all reaches no one: the socket would wait for its watchdog
+        # (pingInterval + pingTimeout).
+        self.moving_to = channel
         async with self._delivering:
             queued = await self.store.take_all()
             self.upgraded_to = channel
@@ -192,6 +211,10 @@ class SessionOwner:
             await self._send_status(message["payment"])
         elif kind == PACKETS_TYPE:
             await self.handle(message["packets"], limited=message.get("limited", False))
+        elif kind == ERROR_TYPE:
+            await self.emit_error(message["code"], message["message"])
+        elif kind == REFUSED_TYPE:
+            await self.refused(message["data"], message["code"], message["message"])
         elif kind == UPGRADE_TYPE:
             await self.move_to(message["channel"])
         elif kind == CLOSE_TYPE:
@@ -244,17 +267,49 @@ class SessionOwner:
             elif kind == packets.CLOSE:
                 await self.close("client closed")
             elif kind == packets.MESSAGE:
-                if limited or await self._allowed():
+                if limited or await self._allowed(data):
                     await self._handle_socket(data)
             # Pings, upgrades and noops from the client need no answer here.
 
-    async def _allowed(self) -> bool:
+    async def _allowed(self, data: str) -> bool:
+        async def refuse(code: str, message: str) -> None:
+            await self.refused(data, code, message)
+
         return await ratelimit.admit(
             self.rate_limit,
             unit="packet",
             holder="session",
             warn=self.emit_error,
             close=self._close_flooding,
+            refuse=refuse,
+        )
+
+    async def refused(self, data: str, code: str, message: str) -> None:
+        """Answer a Socket.IO packet (``data``) the rate limit refused, if it must be.
+
+        A CONNECT is answered CONNECT_ERROR: the client waits for the answer
+        to its CONNECT, without a timeout, and may read nothing else of the
+        namespace first (an error event before the namespace's CONNECT is
+        not the protocol). Other packets refused before the CONNECT go
+        unanswered (emit_error); a flood closes the session either way.
+        """
+        try:
+            packet = packets.decode_socket(data)
+        except PacketError:
+            return
+        if packet.type != packets.CONNECT or (
+            packet.namespace == packets.DEFAULT_NAMESPACE
+            and self.namespace_sid is not None
+        ):
+            return
+        await self.deliver(
+            [
+                packets.encode_socket(
+                    packets.CONNECT_ERROR,
+                    {"message": message, "data": {"code": code}},
+                    namespace=packet.namespace,
+                )
+            ]
         )
 
     async def _close_flooding(self) -> None:

@@ -40,6 +40,14 @@ CLOSE_GRACE = 5.0
 MAILBOX_CAPACITY = 1000
 #: Seconds a command waits for a free connection of the sessions' pool.
 POOL_TIMEOUT = 5.0
+# HSETNX alone would make the hash again, with no TTL, for a session that
+# ended (closed, or expired) before its upgrade: a key left for ever.
+_MARK_UPGRADED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+return redis.call('HSETNX', KEYS[1], 'upgraded', '1')
+"""
 
 
 def _signer() -> Signer:
@@ -138,8 +146,8 @@ class SessionStore:
         return bool(alive)
 
     async def mark_upgraded(self) -> bool:
-        """Record the upgrade to WebSocket; False if it was already upgraded."""
-        return bool(await self.redis.hsetnx(self.state_key, "upgraded", "1"))
+        """Record the upgrade to WebSocket; False if upgraded already, or over."""
+        return bool(await self.redis.eval(_MARK_UPGRADED, 1, self.state_key))
 
     async def acquire(self, kind: str) -> bool:
         """Take the session's one GET (or POST) slot; False if one is in flight."""

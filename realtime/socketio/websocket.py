@@ -35,6 +35,8 @@ from realtime.socketio import limits, owner, packets, sessions
 logger = logging.getLogger(__name__)
 
 PROBE = "probe"
+#: A Socket.IO CONNECT, to any namespace, in an Engine.IO message.
+CONNECT = packets.MESSAGE + str(packets.CONNECT)
 #: Seconds between noops answering the client's polls while its upgrade is
 #: pending: engine.io's server's value (100 ms). The upgrade itself must
 #: complete within SOCKETIO_UPGRADE_TIMEOUT (engine.io's upgradeTimeout).
@@ -165,12 +167,19 @@ class WebSocketConsumer(AsyncWebsocketConsumer):
             await self.close(code=MESSAGE_TOO_BIG)
             return
         assert self.rate_limit is not None
+        refuse = None
+        if text_data is not None and text_data.startswith(CONNECT):
+            # A refused CONNECT is answered (SessionOwner.refused).
+            async def refuse(code: str, message: str) -> None:
+                await self.refuse_connect(text_data[1:], code, message)
+
         if not await ratelimit.admit(
             self.rate_limit,
             unit="packet",
             holder="session",
             warn=self.emit_error,
             close=self.close_flooding,
+            refuse=refuse,
         ):
             return
         if text_data is None:
@@ -211,12 +220,34 @@ class WebSocketConsumer(AsyncWebsocketConsumer):
         )
 
     async def emit_error(self, code: str, message: str) -> None:
-        """Tell the client of refused frames, as the owner does (an error event)."""
+        """Tell the client of refused frames, as the owner does (an error event).
+
+        Through the owner, which knows whether the namespace is connected:
+        an event before the namespace's CONNECT is not the protocol. Nothing
+        before the upgrade completes: the probe's transport carries only its
+        answer to the probe (engine.io-client fails the upgrade on anything
+        else).
+        """
         if self.session is not None:
             await self.session.emit_error(code, message)
-        else:
-            await self.send(
-                text_data=packets.event("error", {"code": code, "message": message})
+        elif self.upgraded:
+            await self.channel_layer.send(
+                self.owner_channel,
+                {"type": owner.ERROR_TYPE, "code": code, "message": message},
+            )
+
+    async def refuse_connect(self, data: str, code: str, message: str) -> None:
+        if self.session is not None:
+            await self.session.refused(data, code, message)
+        elif self.upgraded:
+            await self.channel_layer.send(
+                self.owner_channel,
+                {
+                    "type": owner.REFUSED_TYPE,
+                    "data": data,
+                    "code": code,
+                    "message": message,
+                },
             )
 
     async def close_flooding(self) -> None:
