@@ -443,7 +443,8 @@ SOCKETIO_PING_INTERVAL = env.float("SOCKETIO_PING_INTERVAL", default=25.0)
 SOCKETIO_PING_TIMEOUT = env.float("SOCKETIO_PING_TIMEOUT", default=20.0)
 # Largest polling POST body, in bytes; bigger ones are refused 413 from their
 # Content-Length. WebSocket frames keep REALTIME_MAX_FRAME_BYTES; the open
-# packet's maxPayload is the smaller of the two (realtime.socketio.limits).
+# packet's maxPayload is the smallest real limit: these two, daphne's message
+# size and WEB_MAX_BODY_BYTES for /socket.io/ (realtime.socketio.limits).
 SOCKETIO_MAX_PAYLOAD = env.int("SOCKETIO_MAX_PAYLOAD", default=16384)
 # Seconds a WebSocket opened to upgrade a polling session has to complete
 # the upgrade (probe, then "5") before it is closed; the session stays on
