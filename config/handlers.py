@@ -19,7 +19,7 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
 
-from payments.errors import error_response
+from config.errors import error_response
 
 logger = logging.getLogger(__name__)
 

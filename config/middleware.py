@@ -9,8 +9,8 @@ from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from config.errors import http_error_response, log_suspicious
 from config.views import is_api_path
-from payments.errors import http_error_response, log_suspicious
 
 
 class ApiErrorsMiddleware:

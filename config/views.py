@@ -9,7 +9,7 @@ from django.urls import Resolver404, resolve
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
-from payments.errors import error_response, http_error_response
+from config.errors import error_response, http_error_response
 
 # daphne passes an absolute-form target (GET http://host/path) and a path
 # starting with "//" through as the path; both still name an API resource.

@@ -6,10 +6,11 @@ db_worker, when METRICS_WORKER_PORT is set, on that port (serve_worker). No
 multiprocess mode, no shared directory: processes on several machines work
 the same, and Prometheus adds the ``instance`` label that tells them apart.
 
-Figures that belong to no process (the outbox backlog, the queue, the
-workers' heartbeats) are read from the database when a web process is
-scraped (DatabaseCollector); every web process answers the same values, so
-aggregate them with ``max``, not ``sum``.
+Figures that belong to no process (the queue here; the outbox backlog and
+the workers' heartbeats, which payments registers: register_figures) are
+read from the database when a web process is scraped (DatabaseCollector);
+every web process answers the same values, so aggregate them with ``max``,
+not ``sum``.
 
 Both endpoints want ``Authorization: Bearer <METRICS_TOKEN>``; without a
 token set they are off (404 on the web, no port opened by the worker).
@@ -36,7 +37,7 @@ from prometheus_client import (
     Histogram,
     make_wsgi_app,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
@@ -88,33 +89,6 @@ FRAMES_SENT = Counter(
 )
 
 
-class PushCollector(Collector):
-    """realtime.notify's own counts (pushes made, failed; messages dropped)."""
-
-    def describe(self) -> list[CounterMetricFamily]:
-        return []  # nothing to import or read when registered
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        from realtime.notify import stats
-
-        sends = CounterMetricFamily(
-            "realtime_group_sends",
-            "Status pushes handed to the channel layer by this process, by outcome.",
-            labels=["outcome"],
-        )
-        sends.add_metric(["sent"], stats["sent"])
-        sends.add_metric(["failed"], stats["failed"])
-        yield sends
-        yield CounterMetricFamily(
-            "realtime_group_messages_dropped",
-            "Group messages channels-redis dropped for full channels (core layer).",
-            value=stats["dropped"],
-        )
-
-
-REGISTRY.register(PushCollector())
-
-
 def socketio_sessions_count(count: Callable[[], int]) -> None:
     """Read the Socket.IO session count from ``count`` at each scrape."""
     SOCKETIO_SESSIONS_OPEN.set_function(count)
@@ -145,8 +119,22 @@ def observe_transition(
 # Database figures ---------------------------------------------------------------
 
 
-def _age(then: datetime | None, now: datetime) -> float:
+def seconds_since(then: datetime | None, now: datetime) -> float:
+    """An age for a gauge: 0 for nothing (``then`` None), never negative."""
     return max(0.0, (now - then).total_seconds()) if then is not None else 0.0
+
+
+# Each yields metric families read from the database; see register_figures.
+_figures: list[Callable[[], Iterable[Metric]]] = []
+
+
+def register_figures(figures: Callable[[], Iterable[Metric]]) -> None:
+    """Have every web process's /metrics answer ``figures()`` at each scrape.
+
+    For figures read from the database, which belong to no process: an app
+    registers its own from its AppConfig.ready(), so ops imports no app.
+    """
+    _figures.append(figures)
 
 
 class DatabaseCollector(Collector):
@@ -155,9 +143,9 @@ class DatabaseCollector(Collector):
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # no query when registered (at import, maybe before migrate)
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         try:
-            figures = list(self._figures())
+            figures = [metric for each in _figures for metric in each()]
         except Exception as exc:
             # The scrape still answers (this process's counters); that the
             # database did not is a figure too.
@@ -171,67 +159,37 @@ class DatabaseCollector(Collector):
         )
         yield from figures
 
-    def _figures(self) -> Iterator[GaugeMetricFamily]:
-        from django_tasks_db.models import DBTaskResult, get_date_max
 
-        from payments.models import PaymentEvent, WorkerHeartbeat
-        from payments.worker.heartbeat import workers_alive
+def queue_figures() -> Iterator[GaugeMetricFamily]:
+    """The task queue's depth and wait (django-tasks-db's table)."""
+    from django_tasks_db.models import DBTaskResult, get_date_max
 
-        # This process's clock; the heartbeats are judged by the database's,
-        # so an age here may be off by the skew between the two.
-        now = timezone.now()
+    # This process's clock, as the enqueue times are.
+    now = timezone.now()
+    # Ready jobs only: django-tasks-db indexes them (a partial index on
+    # READY); finished ones, kept until pruned, are never counted.
+    ready = DBTaskResult.objects.ready()
+    undeferred = (
+        ready.filter(run_after=get_date_max())
+        .aggregate(oldest=Min("enqueued_at"))
+        .get("oldest")
+    )
+    deferred = (
+        ready.exclude(run_after=get_date_max())
+        .aggregate(oldest=Min("run_after"))
+        .get("oldest")
+    )
+    yield GaugeMetricFamily(
+        "tasks_queue_depth", "Jobs ready to run now.", value=ready.count()
+    )
+    yield GaugeMetricFamily(
+        "tasks_oldest_ready_age_seconds",
+        "Seconds the longest-waiting ready job has waited (0: none).",
+        value=max(seconds_since(undeferred, now), seconds_since(deferred, now)),
+    )
 
-        unpushed = PaymentEvent.objects.filter(notified_at__isnull=True)
-        backlog = unpushed.aggregate(oldest=Min("created_at"))["oldest"]
-        yield GaugeMetricFamily(
-            "payments_outbox_backlog",
-            "Status changes not yet marked pushed.",
-            value=unpushed.count(),
-        )
-        yield GaugeMetricFamily(
-            "payments_outbox_oldest_age_seconds",
-            "Age of the oldest status change not yet marked pushed (0: none).",
-            value=_age(backlog, now),
-        )
 
-        # Ready jobs only: django-tasks-db indexes them (a partial index on
-        # READY); finished ones, kept until pruned, are never counted.
-        ready = DBTaskResult.objects.ready()
-        undeferred = (
-            ready.filter(run_after=get_date_max())
-            .aggregate(oldest=Min("enqueued_at"))
-            .get("oldest")
-        )
-        deferred = (
-            ready.exclude(run_after=get_date_max())
-            .aggregate(oldest=Min("run_after"))
-            .get("oldest")
-        )
-        yield GaugeMetricFamily(
-            "tasks_queue_depth", "Jobs ready to run now.", value=ready.count()
-        )
-        yield GaugeMetricFamily(
-            "tasks_oldest_ready_age_seconds",
-            "Seconds the longest-waiting ready job has waited (0: none).",
-            value=max(_age(undeferred, now), _age(deferred, now)),
-        )
-
-        yield GaugeMetricFamily(
-            "tasks_workers_alive",
-            "Workers whose heartbeat is fresh (TASKS_WORKER_DEAD_AFTER).",
-            value=workers_alive().count(),
-        )
-        ages = GaugeMetricFamily(
-            "tasks_worker_heartbeat_age_seconds",
-            "Seconds since each known worker's last heartbeat.",
-            labels=["worker_id"],
-        )
-        for worker_id, beat_at in WorkerHeartbeat.objects.values_list(
-            "worker_id", "beat_at"
-        ):
-            ages.add_metric([worker_id], _age(beat_at, now))
-        yield ages
-
+register_figures(queue_figures)
 
 DATABASE_REGISTRY = CollectorRegistry(auto_describe=True)
 DATABASE_REGISTRY.register(DatabaseCollector())

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
+from config.errors import error_response
 from ops import views
-from payments.errors import error_response
 
 ENDPOINTS: dict[str, Callable[[HttpRequest], HttpResponseBase]] = {
     "/healthz": views.healthz,

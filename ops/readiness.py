@@ -1,13 +1,16 @@
-"""What /readyz checks: the database, the channel layer, a live worker, migrations.
+"""What /readyz checks: the database, the channel layer, migrations, and more.
 
 Each check answers a ``Check``: ok, or not with a short reason fit for an
 unauthenticated caller (an exception's class name, never its message, which
-may carry a host or a password).
+may carry a host or a password). ops knows only the infrastructure; an app
+adds what it needs to be ready (payments: a live worker) with
+register_check() from its AppConfig.ready(), so ops imports no app.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import redis
@@ -17,8 +20,6 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from redis.sentinel import Sentinel
-
-from payments.worker.heartbeat import workers_alive
 
 # Seconds a probe waits for Redis: well under a balancer's check timeout.
 REDIS_TIMEOUT = 1.0
@@ -34,7 +35,7 @@ class Check(NamedTuple):
         return {"status": "error", "reason": self.reason}
 
 
-def _failed(what: str, exc: BaseException) -> Check:
+def failed(what: str, exc: BaseException) -> Check:
     return Check(False, f"{what}: {type(exc).__name__}")
 
 
@@ -44,7 +45,7 @@ def check_database() -> Check:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:
-        return _failed("database unreachable", exc)
+        return failed("database unreachable", exc)
     return Check(True)
 
 
@@ -81,21 +82,7 @@ def check_channel_layer() -> Check:
         for host in decode_hosts(config.get("hosts")):
             _redis_client(host).ping()
     except Exception as exc:
-        return _failed("channel layer unreachable", exc)
-    return Check(True)
-
-
-def check_workers() -> Check:
-    """At least one db_worker renewed its heartbeat within TASKS_WORKER_DEAD_AFTER."""
-    try:
-        alive = workers_alive().exists()
-    except Exception as exc:
-        return _failed("database unreachable", exc)
-    if not alive:
-        return Check(
-            False,
-            f"no worker heartbeat in the last {settings.TASKS_WORKER_DEAD_AFTER:g} s",
-        )
+        return failed("channel layer unreachable", exc)
     return Check(True)
 
 
@@ -117,7 +104,7 @@ def check_migrations() -> Check:
     try:
         applied = MigrationRecorder(connections[DEFAULT_DB_ALIAS]).applied_migrations()
     except Exception as exc:
-        return _failed("database unreachable", exc)
+        return failed("database unreachable", exc)
     missing = sorted(_migrations_on_disk() - set(applied))
     if missing:
         app, name = missing[0]
@@ -126,15 +113,28 @@ def check_migrations() -> Check:
     return Check(True)
 
 
-CHECKS = {
-    "database": check_database,
-    "channel_layer": check_channel_layer,
-    "workers": check_workers,
-    "migrations": check_migrations,
-}
+CHECKS: dict[str, Callable[[], Check]] = {}
 # Checks that read the database: with it away, each would wait out its own
 # connection timeout, and the probe's answer would come too late to matter.
-NEED_DATABASE = frozenset({"workers", "migrations"})
+NEED_DATABASE: set[str] = set()
+
+
+def register_check(
+    name: str, check: Callable[[], Check], *, needs_database: bool = False
+) -> None:
+    """Have /readyz run ``check`` under ``name``, after those registered before.
+
+    ``needs_database``: the check reads the database, so it is answered
+    "not checked" rather than run when the database check failed.
+    """
+    CHECKS[name] = check
+    if needs_database:
+        NEED_DATABASE.add(name)
+
+
+register_check("database", check_database)
+register_check("channel_layer", check_channel_layer)
+register_check("migrations", check_migrations, needs_database=True)
 
 
 def readiness() -> dict[str, Check]:

@@ -6,8 +6,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from config.errors import error_response
 from ops import metrics, readiness
-from payments.errors import error_response
 
 # A probe's answer is about this instant: nothing between may keep it.
 NO_STORE = {"Cache-Control": "no-store"}

@@ -12,6 +12,7 @@ from django.utils.crypto import constant_time_compare
 from django_tasks_db.models import DBTaskResult
 
 from payments.models import Payment, PaymentStatus
+from payments.payloads import payment_public_data
 
 
 def _parse_id(payment_id: Any) -> uuid.UUID | None:
@@ -58,18 +59,19 @@ def payment_get_visible(
     return None
 
 
-def payment_public_data(
+def payment_public_data_if_visible(
     *, payment_id: Any, client_secret: str | None = None, user: Any = None
 ) -> dict[str, Any] | None:
-    """Return the payment as a payment-status frame carries it, if visible."""
-    from payments.payloads import payment_public_data as public_data
+    """Return payment_public_data (a payment-status frame's) if the caller may read it.
 
+    The visibility rule is payment_get_visible's; None when it refuses.
+    """
     payment = payment_get_visible(
         payment_id=payment_id, client_secret=client_secret, user=user
     )
     if payment is None:
         return None
-    return public_data(payment)
+    return payment_public_data(payment)
 
 
 def payment_list(*, user: Any) -> QuerySet[Payment]:

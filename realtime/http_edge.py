@@ -37,6 +37,8 @@ from daphne.http_protocol import HTTPFactory, WebRequest
 from django.conf import settings
 from twisted.web import http
 
+from config import errors
+
 #: Seconds a refused connection keeps reading (and dropping) what the client
 #: still sends before it is cut. Closing a socket with unread bytes makes the
 #: kernel send RST, and a client that gets RST while still uploading may never
@@ -69,13 +71,13 @@ DAPHNE_ERRORS = {
 }
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+def _error_bytes(code: str, message: str) -> bytes:
+    return json.dumps(errors.error_body(code, message)).encode()
 
 
 def error_response(status: int, code: str, message: str) -> bytes:
     """Return a whole HTTP/1.1 response that closes the connection."""
-    body = error_body(code, message)
+    body = _error_bytes(code, message)
     head = (
         f"HTTP/1.1 {status} {REASONS[status]}\r\n"
         "Content-Type: application/json\r\n"
@@ -313,7 +315,7 @@ class LimitedRequest(WebRequest):
         self.json_error(status, code, message)
 
     def json_error(self, status: int, code: str, message: str) -> None:
-        body = error_body(code, message)
+        body = _error_bytes(code, message)
         self.handle_reply(
             {
                 "type": "http.response.start",

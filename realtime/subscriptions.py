@@ -28,7 +28,7 @@ def _payment_visible(payment_id: str, client_secret: str, user: Any) -> bool:
 
 @database_sync_to_async
 def _payment_snapshot(payment_id: str, client_secret: str, user: Any) -> dict | None:
-    return selectors.payment_public_data(
+    return selectors.payment_public_data_if_visible(
         payment_id=payment_id, client_secret=client_secret, user=user
     )
 

@@ -22,12 +22,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from payments.errors import (
-    ApplicationError,
-    error_body,
-    http_error_response,
-    log_suspicious,
-)
+from config.errors import error_body, http_error_response, log_suspicious
+from payments.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
 
