@@ -16,7 +16,6 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +23,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
-from django.db import connection
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -53,10 +51,9 @@ from tests.helpers import (
 )
 from tests.live import (
     LiveStack,
-    database_url,
     free_port,
-    live_stack,
     open_charge_gate,
+    started_stacks,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -115,50 +112,9 @@ def private_redis() -> Iterator[PrivateRedis]:
 def start_stack(
     transactional_db: None, isolated_channel_layer: str
 ) -> Iterator[Callable[..., LiveStack]]:
-    """Return a function that starts daphne + db_worker on the test database.
-
-    At teardown every process the test did not end itself must still be
-    running, and none may have logged a traceback (web processes may, with
-    ``web_tracebacks=True``). Processes stop before transactional_db flushes
-    the tables under them.
-    """
-    stacks: list[LiveStack] = []
-    checked: list[LiveStack] = []
-    with ExitStack() as exits:
-
-        def start(
-            redis_url: str | None = None, *, web_tracebacks: bool = False, **env: str
-        ) -> LiveStack:
-            stack = exits.enter_context(
-                live_stack(
-                    database_url=database_url(connection.settings_dict),
-                    redis_url=redis_url or settings.REDIS_URL,
-                    channels_prefix=isolated_channel_layer,
-                    **{**FAULT_ENV, **env},
-                )
-            )
-            stacks.append(stack)
-            if not web_tracebacks:
-                checked.append(stack)
-            return stack
-
+    """Return tests.live.started_stacks's start(), with FAULT_ENV's settings."""
+    with started_stacks(isolated_channel_layer, **FAULT_ENV) as start:
         yield start
-        died = [
-            p.name
-            for stack in stacks
-            for p in stack.history
-            if p.returncode is not None and not p.ended_by_test
-        ]
-    for stack in stacks:
-        print(stack.report())  # shown by pytest only when the test fails
-    assert not died, f"exited on their own during the test: {died}"
-    logs = [
-        p
-        for stack in stacks
-        for p in stack.history
-        if stack in checked or p.name.startswith("db_worker")
-    ]
-    assert not [p.name for p in logs if "Traceback" in p.output()], "tracebacks"
 
 
 # Waiting ----------------------------------------------------------------------
