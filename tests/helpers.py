@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
@@ -167,15 +168,32 @@ def marker_message() -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
-async def assert_nothing_more(ws: ClientConnection, socket_id: str) -> None:
-    """Check the socket sends nothing before a marker sent through its group.
+async def assert_nothing_more(
+    ws: ClientConnection | WebsocketCommunicator, socket_id: str
+) -> None:
+    """Check the socket sends nothing before a fence sent through its own group.
 
-    The test shares the processes' channel-layer key space, so the marker
-    queues behind anything already on its way to this socket.
+    The fence is a group message for a payment nobody has (marker_message):
+    it queues behind anything already on its way to this socket, so the next
+    frame must be its answer. A live socket (open_socket: the test shares the
+    processes' channel-layer key space) or an in-process WebsocketCommunicator.
     """
     message, frame = marker_message()
     await get_channel_layer().group_send(groups.socket_group(socket_id), message)
-    assert await next_frame(ws) == frame
+    if isinstance(ws, WebsocketCommunicator):
+        assert await ws.receive_json_from(timeout=TIMEOUT) == frame
+    else:
+        assert await next_frame(ws) == frame
+
+
+async def assert_closed_quietly(comm: WebsocketCommunicator) -> None:
+    """Check a consumer that closed answers nothing more, not even a fence.
+
+    The disconnect is the fence: the consumer handles the client's messages
+    in order, so once it ended for the disconnect it had handled all before.
+    """
+    await comm.disconnect(timeout=TIMEOUT)
+    assert comm.output_queue.empty(), comm.output_queue.get_nowait()
 
 
 async def create_payment(live: LiveStack, **body: Any) -> dict[str, Any]:
