@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from websockets.sync.client import ClientConnection as SyncClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from realtime import groups, notify
+from scripts.processes import poll_until
 from tests.live import HOST
 
 if TYPE_CHECKING:
@@ -49,19 +49,11 @@ TIMEOUT = 20.0
 
 
 def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
-    """Poll ``condition`` until it returns something truthy; fail at the deadline.
-
-    For state only a poll can see (the database, /proc); an event the test
-    can receive is waited for, not polled.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.05)  # polling, not synchronising on an event
+    """scripts/processes.py's poll_until, failing the test at the deadline."""
+    try:
+        return poll_until(condition, what, timeout)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 # Users and requests in process ------------------------------------------------------
