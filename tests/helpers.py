@@ -160,22 +160,35 @@ def marker_message() -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
+async def frames_before_fence(
+    ws: ClientConnection | WebsocketCommunicator, socket_id: str
+) -> list[dict[str, Any]]:
+    """Every frame the socket sends before a fence sent now through its own group.
+
+    The fence is a group message for a payment nobody has (marker_message):
+    it queues behind anything already on its way to this socket, so a frame
+    that was (wrongly) sent shows up here without waiting for a quiet
+    period. A live socket (open_socket: the test shares the processes'
+    channel-layer key space) or an in-process WebsocketCommunicator.
+    """
+    message, fence = marker_message()
+    await get_channel_layer().group_send(groups.socket_group(socket_id), message)
+    frames = []
+    while True:
+        if isinstance(ws, WebsocketCommunicator):
+            frame = await ws.receive_json_from(timeout=TIMEOUT)
+        else:
+            frame = await next_frame(ws)
+        if frame == fence:
+            return frames
+        frames.append(frame)
+
+
 async def assert_nothing_more(
     ws: ClientConnection | WebsocketCommunicator, socket_id: str
 ) -> None:
-    """Check the socket sends nothing before a fence sent through its own group.
-
-    The fence is a group message for a payment nobody has (marker_message):
-    it queues behind anything already on its way to this socket, so the next
-    frame must be its answer. A live socket (open_socket: the test shares the
-    processes' channel-layer key space) or an in-process WebsocketCommunicator.
-    """
-    message, frame = marker_message()
-    await get_channel_layer().group_send(groups.socket_group(socket_id), message)
-    if isinstance(ws, WebsocketCommunicator):
-        assert await ws.receive_json_from(timeout=TIMEOUT) == frame
-    else:
-        assert await next_frame(ws) == frame
+    """Check the socket sends nothing before a fence (frames_before_fence)."""
+    assert await frames_before_fence(ws, socket_id) == []
 
 
 async def assert_closed_quietly(comm: WebsocketCommunicator) -> None:
