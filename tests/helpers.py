@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import httpx
 import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
@@ -54,6 +56,40 @@ def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOU
         return poll_until(condition, what, timeout)
     except TimeoutError as exc:
         pytest.fail(str(exc))
+
+
+def at_once[T](call: Callable[[], T], threads: int = 4) -> list[T]:
+    """Run ``call`` in ``threads`` threads released together; return each result.
+
+    For races on the database: each thread closes its own connection. An
+    exception in any thread is raised here, once all have ended.
+    """
+    barrier = threading.Barrier(threads)
+    results: list[T] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=30)
+            result = call()
+            with lock:
+                results.append(result)
+        except BaseException as exc:  # raised in the test's thread below
+            with lock:
+                errors.append(exc)
+        finally:
+            connection.close()
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in started), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
 
 
 # Users and requests in process ------------------------------------------------------

@@ -12,13 +12,12 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
+from django.db import transaction
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -35,29 +34,9 @@ from payments.worker.recovery import (
 )
 from realtime import groups, notify
 from tests.factories import PaymentFactory
-from tests.helpers import wait_until
+from tests.helpers import at_once, wait_until
 
 PROCESS_TASK = "payments.tasks.process_payment"
-
-
-def at_once(round_: Callable[[], int], rounds: int = 4) -> list[int]:
-    """Run ``round_`` in ``rounds`` threads released together; return each total."""
-    barrier = threading.Barrier(rounds)
-    totals: list[int] = []
-
-    def run() -> None:
-        try:
-            barrier.wait(timeout=30)
-            totals.append(round_())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(rounds)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return totals
 
 
 def closed_port() -> int:
