@@ -10,6 +10,7 @@ while the test kills and starts processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
@@ -115,6 +116,23 @@ def start_stack(
     """Return tests.live.started_stacks's start(), with FAULT_ENV's settings."""
     with started_stacks(isolated_channel_layer, **FAULT_ENV) as start:
         yield start
+
+
+def start_gated(
+    start_stack: Callable[..., LiveStack], **env: str
+) -> tuple[LiveStack, Callable[..., None]]:
+    """Start a stack whose charges wait at a gate of its own (GatedChargeGateway).
+
+    Return it and the gate's opener: ``open_gate(charges=1)`` lets that many
+    charges through.
+    """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
+        **env,
+    )
+    return stack, functools.partial(open_charge_gate, stack.redis_url, gate)
 
 
 # Waiting ----------------------------------------------------------------------
@@ -285,10 +303,8 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
     kill lands where it hurts most: a payment charged at the gateway, its job
     half done.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_SIMULATED_DELAY="1.5",
         # 24 subscribes in well under a second would pass the default
         # per-socket limit (10/s, bursts of 20) and be answered rate_limited.
@@ -318,7 +334,7 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
         assert [t.task_path for t in running] == [PROCESS_TASK], running
 
         # The next worker makes at most one charge call per payment.
-        open_charge_gate(stack.redis_url, gate, charges=len(methods))
+        open_gate(charges=len(methods))
         stack.start_worker()
         wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
         wait_until(lambda: unnotified(ids) == 0, "every change pushed")
@@ -485,10 +501,8 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     start_stack: Callable[..., LiveStack],
 ) -> None:
     """SIGTERM while the worker waits on the gateway mid-charge."""
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_SIMULATED_DELAY="0.5",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
@@ -501,7 +515,7 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     worker.send_signal(signal.SIGTERM)
     # The signal arrives inside the charge; only then does the charge answer.
     worker.wait_for_output("shutting down gracefully")
-    open_charge_gate(stack.redis_url, gate)
+    open_gate()
     assert worker.wait(timeout=15) == 0
     assert not worker.killed, "ignored SIGTERM"
     assert time.monotonic() - started < 15
@@ -516,7 +530,7 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
 
     # The other payments' charges, one call each.
-    open_charge_gate(stack.redis_url, gate, charges=len(methods) - 1)
+    open_gate(charges=len(methods) - 1)
     stack.start_worker()
     wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
     assert_settled_once(payments, methods)
@@ -612,10 +626,8 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     PAYMENTS_STUCK_AFTER stays at its 60 s default: only the dead worker's
     lapsed heartbeat can bring the job back that fast.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_STUCK_AFTER="60",
         PAYMENTS_SIMULATED_DELAY="0",
     )
@@ -623,7 +635,7 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     ids = [payment["id"]]
     wait_until(lambda: charged_unrecorded(ids), "the worker inside the charge")
     stack.kill_worker()
-    open_charge_gate(stack.redis_url, gate)  # for the next charge call
+    open_gate()  # for the next charge call
 
     restarted = time.monotonic()
     stack.start_worker()
@@ -652,10 +664,8 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
     dead ghost worker, planted once the live worker's job is older than twice
     the lease, is released by those rounds; the live one is still its own.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_STUCK_AFTER="60",
         PAYMENTS_SIMULATED_DELAY="0",
         PAYMENTS_RECOVERY_INTERVAL="0.2",
@@ -700,7 +710,7 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
     assert (job.status, job.worker_ids) == ("RUNNING", [job.worker_ids[0]])
     assert calls_and_jobs(held["id"])["process_payment"] == 1
     # Both charges (the held one, the ghost's retry) through the gate.
-    open_charge_gate(stack.redis_url, gate, charges=2)
+    open_gate(charges=2)
     wait_until(lambda: all_terminal([held["id"], str(ghost_payment.pk)]), "settled")
     assert calls_and_jobs(held["id"]) == {
         "charge": 1,
