@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from realtime.http_edge import LINGER
 from tests.helpers import wait_until
@@ -28,8 +26,6 @@ from tests.live import (
     HOST,
     LiveStack,
     checked_stack,
-    database_url,
-    live_stack,
     rss_bytes,
 )
 
@@ -559,17 +555,10 @@ def test_client_root_path_is_ignored(live: LiveStack, value: bytes) -> None:
 @pytest.fixture
 def proxied(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
     """A web process told a proxy in front sets Daphne-Root-Path."""
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
-        worker=False,
-        WEB_TRUST_ROOT_PATH_HEADER="true",
+    with checked_stack(
+        isolated_channel_layer, worker=False, WEB_TRUST_ROOT_PATH_HEADER="true"
     ) as stack:
         yield stack
-    for process in stack.history:
-        print(process.report())
-    assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
 def test_trusted_root_path_prefixes_location(proxied: LiveStack) -> None:
