@@ -42,7 +42,6 @@ from scripts.processes import (
 
 # The seed frontend's origin; the stack allows it (CORS_ALLOWED_ORIGINS).
 ORIGIN = "http://localhost:3000"
-START_TIMEOUT = 60.0
 
 LAYERS = {
     "core": "channels_redis.core.RedisChannelLayer",
@@ -107,12 +106,6 @@ class Proc(Process):
     def log_count(self, text: str) -> int:
         """How many times ``text`` appears in the process's output so far."""
         return self.output().count(text)
-
-    def wait_for_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
-        super().wait_for_port(port, timeout)
-
-    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
-        super().wait_for_output(text, timeout)
 
 
 class Session:

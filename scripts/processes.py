@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +41,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def poll_until[T](condition: Callable[[], T], what: str, timeout: float) -> T:
+    """Call ``condition`` until it returns something truthy; return that.
+
+    TimeoutError past ``timeout``. For state only a poll can see (a port, a
+    log file, the database, /proc); an event the caller can receive is
+    waited for, not polled. The tests' wait_until and the processes' waits
+    below are this.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)  # polling, not synchronising on an event
+    return value
 
 
 # Command lines ------------------------------------------------------------------
@@ -185,37 +201,39 @@ class Process:
 
     def wait_for_port(self, port: int, timeout: float = START_TIMEOUT) -> None:
         """Return once HOST:port accepts connections; fail if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def listening() -> bool:
             if self.returncode is not None:
                 raise RuntimeError(
                     f"{self.name} exited while starting\n{self.report()}"
                 )
             try:
                 with socket.create_connection((HOST, port), timeout=0.5):
-                    return
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{self.name} did not listen on {HOST}:{port} within "
-                        f"{timeout} s\n{self.report()}"
-                    ) from None
-                time.sleep(0.05)  # polling a port, not synchronising on an event
+                return False
+
+        self._poll(listening, f"{self.name} to listen on {HOST}:{port}", timeout)
 
     def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> None:
         """Return once ``text`` is in the output; fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
+
+        def printed() -> bool:
+            if text in self.output():
+                return True
             if self.returncode is not None and text not in self.output():
                 raise RuntimeError(
                     f"{self.name} exited before printing {text!r}\n{self.report()}"
                 )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.name} did not print {text!r} within {timeout} s\n"
-                    f"{self.report()}"
-                )
-            time.sleep(0.05)  # polling a log file, not synchronising on an event
+            return False
+
+        self._poll(printed, f"{self.name} to print {text!r}", timeout)
+
+    def _poll(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
+        try:
+            poll_until(condition, what, timeout)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{self.report()}") from None
 
     def send_signal(self, signum: int) -> None:
         """Send ``signum`` and return at once (see stop() and kill())."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import threading
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,6 +27,7 @@ from websockets.sync.client import ClientConnection as SyncClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from realtime import groups, notify
+from scripts.processes import poll_until
 from tests.live import HOST
 
 if TYPE_CHECKING:
@@ -48,19 +51,45 @@ TIMEOUT = 20.0
 
 
 def wait_until[T](condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
-    """Poll ``condition`` until it returns something truthy; fail at the deadline.
+    """scripts/processes.py's poll_until, failing the test at the deadline."""
+    try:
+        return poll_until(condition, what, timeout)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
-    For state only a poll can see (the database, /proc); an event the test
-    can receive is waited for, not polled.
+
+def at_once[T](call: Callable[[], T], threads: int = 4) -> list[T]:
+    """Run ``call`` in ``threads`` threads released together; return each result.
+
+    For races on the database: each thread closes its own connection. An
+    exception in any thread is raised here, once all have ended.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
-        time.sleep(0.05)  # polling, not synchronising on an event
+    barrier = threading.Barrier(threads)
+    results: list[T] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            barrier.wait(timeout=30)
+            result = call()
+            with lock:
+                results.append(result)
+        except BaseException as exc:  # raised in the test's thread below
+            with lock:
+                errors.append(exc)
+        finally:
+            connection.close()
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in started), "a thread hung"
+    if errors:
+        raise errors[0]
+    return results
 
 
 # Users and requests in process ------------------------------------------------------
@@ -167,15 +196,45 @@ def marker_message() -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
-async def assert_nothing_more(ws: ClientConnection, socket_id: str) -> None:
-    """Check the socket sends nothing before a marker sent through its group.
+async def frames_before_fence(
+    ws: ClientConnection | WebsocketCommunicator, socket_id: str
+) -> list[dict[str, Any]]:
+    """Every frame the socket sends before a fence sent now through its own group.
 
-    The test shares the processes' channel-layer key space, so the marker
-    queues behind anything already on its way to this socket.
+    The fence is a group message for a payment nobody has (marker_message):
+    it queues behind anything already on its way to this socket, so a frame
+    that was (wrongly) sent shows up here without waiting for a quiet
+    period. A live socket (open_socket: the test shares the processes'
+    channel-layer key space) or an in-process WebsocketCommunicator.
     """
-    message, frame = marker_message()
+    message, fence = marker_message()
     await get_channel_layer().group_send(groups.socket_group(socket_id), message)
-    assert await next_frame(ws) == frame
+    frames = []
+    while True:
+        if isinstance(ws, WebsocketCommunicator):
+            frame = await ws.receive_json_from(timeout=TIMEOUT)
+        else:
+            frame = await next_frame(ws)
+        if frame == fence:
+            return frames
+        frames.append(frame)
+
+
+async def assert_nothing_more(
+    ws: ClientConnection | WebsocketCommunicator, socket_id: str
+) -> None:
+    """Check the socket sends nothing before a fence (frames_before_fence)."""
+    assert await frames_before_fence(ws, socket_id) == []
+
+
+async def assert_closed_quietly(comm: WebsocketCommunicator) -> None:
+    """Check a consumer that closed answers nothing more, not even a fence.
+
+    The disconnect is the fence: the consumer handles the client's messages
+    in order, so once it ended for the disconnect it had handled all before.
+    """
+    await comm.disconnect(timeout=TIMEOUT)
+    assert comm.output_queue.empty(), comm.output_queue.get_nowait()
 
 
 async def create_payment(live: LiveStack, **body: Any) -> dict[str, Any]:

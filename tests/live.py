@@ -14,8 +14,8 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
@@ -287,6 +287,57 @@ def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
     # An error the client never saw (a consumer crash after the last frame, a
     # failed task) still shows in the process's log.
     assert not [p.name for p in stack.processes if "Traceback" in p.output()]
+
+
+@contextmanager
+def started_stacks(
+    channels_prefix: str, **defaults: Any
+) -> Iterator[Callable[..., LiveStack]]:
+    """Yield ``start(**options)``: a new live stack on the test database per call.
+
+    Each stack gets live_stack's ``options`` over ``defaults``: the test
+    database, the tests' Redis (unless ``redis_url`` says another) and the
+    channel layer under ``channels_prefix``. Once the block ends and before
+    the stacks stop, no process may have exited that the test did not end
+    itself; after, none may have logged a traceback, but the web processes
+    of a stack started with ``web_tracebacks=True``. The stacks stop before
+    transactional_db flushes the tables under them.
+    """
+    stacks: list[tuple[LiveStack, bool]] = []
+    with ExitStack() as exits:
+
+        def start(*, web_tracebacks: bool = False, **options: Any) -> LiveStack:
+            stack = exits.enter_context(
+                live_stack(
+                    **{
+                        "database_url": database_url(connection.settings_dict),
+                        "redis_url": settings.REDIS_URL,
+                        "channels_prefix": channels_prefix,
+                        **defaults,
+                        **options,
+                    }
+                )
+            )
+            stacks.append((stack, web_tracebacks))
+            return stack
+
+        yield start
+        died = [
+            p.name
+            for stack, _ in stacks
+            for p in stack.history
+            if p.returncode is not None and not p.ended_by_test
+        ]
+    for stack, _ in stacks:
+        print(stack.report())  # shown by pytest only when the test fails
+    assert not died, f"exited on their own during the test: {died}"
+    logs = [
+        p
+        for stack, web_tracebacks in stacks
+        for p in stack.history
+        if not web_tracebacks or p.name.startswith("db_worker")
+    ]
+    assert not [p.name for p in logs if "Traceback" in p.output()], "tracebacks"
 
 
 class RoundRobinProxy:

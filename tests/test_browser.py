@@ -36,10 +36,17 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
         yield stack
 
 
-def open_home(open_page, live: LiveStack):
-    watched = open_page()
+def open_home(open_page, live: LiveStack, *, connected: bool = True, **options):
+    """Open / in a new page (``options`` go to open_page); wait for its socket.
+
+    Return the Watched page and the document's response; with ``connected``
+    False, as soon as the document loaded.
+    """
+    watched = open_page(**options)
     response = watched.page.goto(live.http_url + "/")
     assert response.status == 200
+    if connected:
+        wait_live(watched.page)
     return watched, response
 
 
@@ -53,8 +60,17 @@ def wait_live(page) -> str:
     return socket_id
 
 
-def pay(page, method: str = "pm_card_visa", *, compare: bool = False) -> str:
-    """Fill the form and pay; return the new payment's id."""
+def pay(
+    page,
+    method: str = "pm_card_visa",
+    *,
+    compare: bool = False,
+    until: str | None = "succeeded",
+) -> str:
+    """Fill the form and pay; return the new payment's id once it is ``until``.
+
+    ``until`` None: as soon as the payment shows, whatever its status.
+    """
     page.locator("#amount").fill("1234")
     page.locator(f"input[name=payment_method][value={method}]").check()
     if compare:
@@ -62,7 +78,10 @@ def pay(page, method: str = "pm_card_visa", *, compare: bool = False) -> str:
     before = page.locator("article.payment").count()
     page.locator("#pay-button").click()
     expect(page.locator("article.payment")).to_have_count(before + 1, timeout=TIMEOUT)
-    return page.locator("article.payment").first.get_attribute("data-payment-id")
+    payment_id = page.locator("article.payment").first.get_attribute("data-payment-id")
+    if until is not None:
+        wait_status(page, payment_id, until)
+    return payment_id
 
 
 def timeline(page, payment_id: str):
@@ -75,6 +94,14 @@ def wait_status(page, payment_id: str, status: str) -> None:
     ).to_have_count(1, timeout=TIMEOUT)
 
 
+def open_admin(page, url: str) -> None:
+    """Go to an admin page and wait until its live socket is open."""
+    page.goto(url)
+    expect(page.locator("html")).to_have_attribute(
+        "data-live-state", "open", timeout=TIMEOUT
+    )
+
+
 # The page -----------------------------------------------------------------------
 
 
@@ -83,17 +110,15 @@ def test_visa_succeeds_and_declined_fails_with_its_reason(live, open_page) -> No
     page = watched.page
     csp = response.headers["content-security-policy"]
     assert "connect-src 'self'" in csp and "script-src 'self'" in csp, csp
-    wait_live(page)  # the socket opened under connect-src 'self'
+    # Its socket opened (open_home waited) under connect-src 'self'.
 
     visa = pay(page, "pm_card_visa")
-    wait_status(page, visa, "succeeded")
     statuses = [li.get_attribute("data-status") for li in timeline(page, visa).all()]
     assert statuses == ["pending", "processing", "succeeded"]
     expect(timeline(page, visa).nth(1)).to_contain_text("via socket")
     expect(page.locator(f"#payment-{visa} h3")).to_contain_text("12.34 USD")
 
-    declined = pay(page, "pm_card_chargeDeclined")
-    wait_status(page, declined, "failed")
+    declined = pay(page, "pm_card_chargeDeclined", until="failed")
     failed = page.locator(f"#payment-{declined} li[data-status=failed]")
     expect(failed).to_contain_text("Your card was declined. (card_declined)")
     expect(page.locator("#announcer")).to_contain_text("failed")
@@ -104,7 +129,6 @@ def test_visa_succeeds_and_declined_fails_with_its_reason(live, open_page) -> No
 def test_api_errors_show_as_structured_messages(live, open_page) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
-    wait_live(page)
     page.locator("#amount").fill("0")
     page.locator("#pay-button").click()
     expect(page.locator("#form-error")).to_contain_text("amount:", timeout=TIMEOUT)
@@ -117,7 +141,6 @@ def test_api_errors_show_as_structured_messages(live, open_page) -> None:
 def test_keyboard_alone_pays(live, open_page) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
-    wait_live(page)
     # The first Tab reaches the skip link, which leads to the form.
     page.keyboard.press("Tab")
     expect(page.locator("a.skip")).to_be_focused()
@@ -134,12 +157,9 @@ def test_keyboard_alone_pays(live, open_page) -> None:
 
 
 def test_page_is_readable_at_phone_width(live, open_page) -> None:
-    watched = open_page(viewport={"width": 360, "height": 740})
+    watched, _ = open_home(open_page, live, viewport={"width": 360, "height": 740})
     page = watched.page
-    page.goto(live.http_url + "/")
-    wait_live(page)
-    payment_id = pay(page, compare=True)
-    wait_status(page, payment_id, "succeeded")
+    pay(page, compare=True)
     expect(page.locator("#cmp-poll-after")).to_have_text(
         re.compile(r"\d+ ms"), timeout=TIMEOUT
     )
@@ -175,8 +195,7 @@ def test_page_reconnects_after_the_web_process_dies(
         page = watched.page
         first_socket = wait_live(page)
         record_statuses(page)
-        payment_id = pay(page)
-        wait_status(page, payment_id, "processing")
+        payment_id = pay(page, until="processing")
 
         live.kill_web()
         expect(page.locator("#state")).not_to_have_attribute(
@@ -188,8 +207,7 @@ def test_page_reconnects_after_the_web_process_dies(
         wait_status(page, payment_id, "succeeded")
         # Fence: a later payment's outcome on the same socket comes after any
         # copy of the first one still on its way.
-        fence = pay(page)
-        wait_status(page, fence, "succeeded")
+        pay(page)
 
         seen = page.evaluate("window.seen")
         finals = [s for s in seen if s[0] == payment_id and s[1] == "succeeded"]
@@ -215,7 +233,6 @@ def test_page_falls_back_to_polling_without_websockets(live, open_page) -> None:
     expect(page.locator("#state")).to_contain_text("WebSockets unavailable")
     record_statuses(page)
     payment_id = pay(page)
-    wait_status(page, payment_id, "succeeded")
     final = page.locator(f"#payment-{payment_id} li[data-status=succeeded]")
     expect(final).to_contain_text("via poll")
     sources = {s[3] for s in page.evaluate("window.seen")}
@@ -230,13 +247,11 @@ def test_polling_makes_more_requests_than_push_for_one_payment(
     with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="2.5") as live:
         watched, _ = open_home(open_page, live)
         page = watched.page
-        wait_live(page)
         # The switch by keyboard: focus and Space.
         page.locator("#compare").focus()
         page.keyboard.press("Space")
         expect(page.locator("#compare")).to_be_checked()
-        payment_id = pay(page)
-        wait_status(page, payment_id, "succeeded")
+        pay(page)
         for side in ("push", "poll"):
             expect(page.locator(f"#cmp-{side}-after")).to_have_text(
                 re.compile(r"\d+ ms"), timeout=TIMEOUT
@@ -293,26 +308,19 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         isolated_channel_layer, worker=False, PAYMENTS_SIMULATED_DELAY="0.5"
     ) as live:
         visitor, _ = open_home(open_page, live)  # anonymous, not staff
-        wait_live(visitor.page)
         record_statuses(visitor.page)
 
         first = create_payment(live, "pm_card_chargeDeclined")
         listing = log_in_as_staff(open_page, live)
         page = listing.page
-        page.goto(f"{live.http_url}/admin/payments/payment/")
-        expect(page.locator("html")).to_have_attribute(
-            "data-live-state", "open", timeout=TIMEOUT
-        )
+        open_admin(page, f"{live.http_url}/admin/payments/payment/")
         not_reloaded(page)
         row = page.locator("#result_list tr", has_text=first["id"])
         expect(row.locator("td.field-status")).to_have_text("Pending")
 
         detail = open_page(storage_state=page.context.storage_state())
-        detail.page.goto(
-            f"{live.http_url}/admin/payments/payment/{first['id']}/change/"
-        )
-        expect(detail.page.locator("html")).to_have_attribute(
-            "data-live-state", "open", timeout=TIMEOUT
+        open_admin(
+            detail.page, f"{live.http_url}/admin/payments/payment/{first['id']}/change/"
         )
         not_reloaded(detail.page)
 
@@ -347,7 +355,6 @@ def test_admin_updates_live_for_staff_and_never_for_others(
         # Fence: the visitor's own payment, pushed after both of the others,
         # comes over the same socket; nothing of theirs came before it.
         own = pay(visitor.page)
-        wait_status(visitor.page, own, "succeeded")
         seen_ids = {s[0] for s in visitor.page.evaluate("window.seen")}
         assert seen_ids == {own}, seen_ids
         for watched in (visitor, listing, detail):
@@ -443,10 +450,7 @@ def test_admin_catches_up_on_changes_committed_before_its_socket_opened(
 def test_admin_empty_list_shows_a_new_payment(live, open_page) -> None:
     listing = log_in_as_staff(open_page, live)
     page = listing.page
-    page.goto(f"{live.http_url}/admin/payments/payment/")
-    expect(page.locator("html")).to_have_attribute(
-        "data-live-state", "open", timeout=TIMEOUT
-    )
+    open_admin(page, f"{live.http_url}/admin/payments/payment/")
     expect(page.locator(".paginator")).to_contain_text("0 payments")
     not_reloaded(page)
     payment = create_payment(live)
@@ -546,7 +550,7 @@ def start_test_client(page, socket_path: str, **options: object) -> None:
 
 
 def test_client_backs_off_after_a_second_1001_in_a_row(live, open_page) -> None:
-    watched, _ = open_home(open_page, live)
+    watched, _ = open_home(open_page, live, connected=False)
     page = watched.page
     sockets = []
 
@@ -572,7 +576,7 @@ def test_client_backs_off_after_a_second_1001_in_a_row(live, open_page) -> None:
 def test_refused_subscribe_is_retried_unless_the_payment_is_not_found(
     live, open_page
 ) -> None:
-    watched, _ = open_home(open_page, live)
+    watched, _ = open_home(open_page, live, connected=False)
     page = watched.page
     gone, flaky = str(uuid.uuid4()), str(uuid.uuid4())
     sockets, subscribes = [], []
@@ -659,10 +663,8 @@ def test_client_makes_a_uuid4_key_without_crypto_random_uuid(live, open_page) ->
         route.continue_()
 
     page.route(re.compile(r"/api/payments/$"), record_key)
-    first = pay(page)
-    wait_status(page, first, "succeeded")
-    second = pay(page)
-    wait_status(page, second, "succeeded")
+    pay(page)
+    pay(page)
 
     assert len(keys) == 2 and keys[0] != keys[1], keys
     for key in keys:
@@ -677,7 +679,6 @@ def test_pay_retries_a_lost_answer_with_the_same_idempotency_key(
 ) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
-    wait_live(page)
     keys = []
 
     def lose_first_answer(route) -> None:
@@ -690,7 +691,6 @@ def test_pay_retries_a_lost_answer_with_the_same_idempotency_key(
 
     page.route(re.compile(r"/api/payments/$"), lose_first_answer)
     payment_id = pay(page)
-    wait_status(page, payment_id, "succeeded")
 
     assert len(keys) == 2 and keys[0] == keys[1], keys
     assert uuid.UUID(keys[0]).version == 4  # crypto.randomUUID()
@@ -709,12 +709,10 @@ def test_staff_on_the_page_pay_with_csrf_and_see_only_their_payments(
     other = create_payment(live)  # someone else's, bound to no socket
     # A session POST needs the CSRF token (DRF): the client sends the cookie's.
     own = pay(page)
-    wait_status(page, own, "succeeded")
     # Fence: a second payment of the page's, pushed after the other's outcome
     # (committed before the page's own: one worker, outcomes in due order).
     assert Payment.objects.get(pk=other["id"]).status == "succeeded"
     fence = pay(page)
-    wait_status(page, fence, "succeeded")
     seen_ids = {s[0] for s in page.evaluate("window.seen")}
     assert seen_ids == {own, fence}, seen_ids
     assert page.locator("article.payment").count() == 2
@@ -724,7 +722,6 @@ def test_staff_on_the_page_pay_with_csrf_and_see_only_their_payments(
 def test_pay_retries_a_5xx_with_the_same_key_after_retry_after(live, open_page) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
-    wait_live(page)
     calls = []
 
     def unavailable_twice(route) -> None:
@@ -742,7 +739,6 @@ def test_pay_retries_a_5xx_with_the_same_key_after_retry_after(live, open_page) 
 
     page.route(re.compile(r"/api/payments/$"), unavailable_twice)
     payment_id = pay(page)
-    wait_status(page, payment_id, "succeeded")
 
     assert len(calls) == 3, calls
     assert len({key for _, key in calls}) == 1, calls
@@ -755,7 +751,6 @@ def test_pay_retries_a_5xx_with_the_same_key_after_retry_after(live, open_page) 
 def test_pay_does_not_retry_a_4xx(live, open_page) -> None:
     watched, _ = open_home(open_page, live)
     page = watched.page
-    wait_live(page)
     calls = []
 
     def conflict(route) -> None:

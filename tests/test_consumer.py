@@ -25,6 +25,7 @@ from payments.models import Payment
 from realtime import groups, notify
 from tests.conftest import CORE_LAYER, PUBSUB_LAYER
 from tests.factories import PaymentFactory
+from tests.helpers import assert_nothing_more, frames_before_fence
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -105,25 +106,6 @@ async def send_to_socket(socket_id: str, payment: dict[str, Any]) -> None:
         groups.socket_group(socket_id),
         {"type": notify.MESSAGE_TYPE, "payment": payment},
     )
-
-
-async def frames_until_fence(
-    communicator: WebsocketCommunicator, socket_id: str
-) -> list[dict]:
-    """Return every frame the socket sends before a marker sent after them.
-
-    The marker goes through the socket's own group, behind any channel-layer
-    message already queued for this socket, so a frame that was (wrongly)
-    delivered shows up here without waiting for a quiet period.
-    """
-    marker = str(uuid.uuid4())
-    await send_to_socket(socket_id, payment_frame_data(payment_id=marker))
-    frames = []
-    while True:
-        frame = await communicator.receive_json_from(timeout=TIMEOUT)
-        if frame.get("event") == "payment-status" and frame["data"]["id"] == marker:
-            return frames
-        frames.append(frame)
 
 
 async def expect_error(communicator: WebsocketCommunicator, code: str) -> None:
@@ -334,7 +316,7 @@ async def test_notify_reaches_the_bound_socket_and_no_other(connect: Connect) ->
         "event": "payment-status",
         "data": data,
     }
-    assert await frames_until_fence(other, other_id) == []
+    await assert_nothing_more(other, other_id)
 
 
 async def test_group_send_to_socket_group_reaches_that_socket_only(
@@ -350,7 +332,7 @@ async def test_group_send_to_socket_group_reaches_that_socket_only(
         "event": "payment-status",
         "data": data,
     }
-    assert await frames_until_fence(other, other_id) == []
+    await assert_nothing_more(other, other_id)
 
 
 async def test_status_transition_reaches_the_socket_the_payment_names(
@@ -366,7 +348,7 @@ async def test_status_transition_reaches_the_socket_the_payment_names(
     assert data["socket_id"] == target_id
     assert data["amount"] == payment.amount
     assert data["currency"] == payment.currency
-    assert await frames_until_fence(other, other_id) == []
+    await assert_nothing_more(other, other_id)
 
 
 async def test_each_transition_arrives_once_in_order(connect: Connect) -> None:
@@ -378,7 +360,7 @@ async def test_each_transition_arrives_once_in_order(connect: Connect) -> None:
 
     await expect_status(communicator, payment, "processing", 2)
     await expect_status(communicator, payment, "succeeded", 3)
-    assert await frames_until_fence(communicator, socket_id) == []
+    await assert_nothing_more(communicator, socket_id)
 
 
 async def test_logged_in_user_receives_own_payments_on_every_tab(
@@ -402,7 +384,7 @@ async def test_logged_in_user_receives_own_payments_on_every_tab(
 
     await expect_status(tab_one, payment, "processing", 2)
     await expect_status(tab_two, payment, "processing", 2)
-    assert await frames_until_fence(anonymous, anonymous_id) == []
+    await assert_nothing_more(anonymous, anonymous_id)
 
 
 # Subscriptions ----------------------------------------------------------------
@@ -426,7 +408,7 @@ async def test_subscribe_sends_a_snapshot_then_live_changes(connect: Connect) ->
     await expect_status(communicator, payment, "processing", 2)
     await mark_succeeded(payment_id=payment.id)
     await expect_status(communicator, payment, "succeeded", 3)
-    assert await frames_until_fence(communicator, socket_id) == []
+    await assert_nothing_more(communicator, socket_id)
 
 
 async def test_subscribe_after_the_fact_catches_up_with_the_current_status(
@@ -478,7 +460,7 @@ async def test_subscribe_refused_joins_nothing(
     group = groups.payment_group(payment.id)
     assert await group_members(redis_client, isolated_channel_layer, group) == 0
     await start_processing(payment_id=payment.id)
-    assert await frames_until_fence(communicator, socket_id) == []
+    await assert_nothing_more(communicator, socket_id)
 
 
 async def test_bound_and_subscribed_socket_gets_each_change_once(
@@ -498,7 +480,7 @@ async def test_bound_and_subscribed_socket_gets_each_change_once(
     await start_processing(payment_id=payment.id)
     await mark_succeeded(payment_id=payment.id)
 
-    frames = await frames_until_fence(communicator, socket_id)
+    frames = await frames_before_fence(communicator, socket_id)
     assert [(f["event"], f["data"]["version"]) for f in frames] == [
         ("payment-status", 2),
         ("payment-status", 3),
@@ -525,7 +507,7 @@ async def test_unsubscribe_stops_delivery(connect: Connect, spelling) -> None:
     await expect_still_open(communicator)
     await start_processing(payment_id=payment.id)
 
-    assert await frames_until_fence(communicator, socket_id) == []
+    await assert_nothing_more(communicator, socket_id)
 
 
 async def test_unsubscribe_from_a_payment_not_followed_is_an_error(
@@ -570,9 +552,9 @@ async def test_staff_sockets_receive_every_payment_and_others_none(
     await start_processing(payment_id=payment.id)
 
     await expect_status(staff, payment, "processing", 2)
-    assert await frames_until_fence(staff_page, staff_page_id) == []
-    assert await frames_until_fence(user, user_id) == []
-    assert await frames_until_fence(anonymous, anonymous_id) == []
+    await assert_nothing_more(staff_page, staff_page_id)
+    await assert_nothing_more(user, user_id)
+    await assert_nothing_more(anonymous, anonymous_id)
 
 
 async def test_a_socket_remembers_a_bounded_number_of_payments(
@@ -593,6 +575,6 @@ async def test_a_socket_remembers_a_bounded_number_of_payments(
         await send_to_socket(socket_id, data)
 
     # Only the forgotten one comes again; the two remembered are dropped.
-    assert await frames_until_fence(communicator, socket_id) == [
+    assert await frames_before_fence(communicator, socket_id) == [
         {"event": "payment-status", "data": oldest}
     ]

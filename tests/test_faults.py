@@ -10,13 +10,13 @@ while the test kills and starts processes.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +24,6 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
-from django.db import connection
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -53,10 +52,9 @@ from tests.helpers import (
 )
 from tests.live import (
     LiveStack,
-    database_url,
     free_port,
-    live_stack,
     open_charge_gate,
+    started_stacks,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -115,50 +113,26 @@ def private_redis() -> Iterator[PrivateRedis]:
 def start_stack(
     transactional_db: None, isolated_channel_layer: str
 ) -> Iterator[Callable[..., LiveStack]]:
-    """Return a function that starts daphne + db_worker on the test database.
-
-    At teardown every process the test did not end itself must still be
-    running, and none may have logged a traceback (web processes may, with
-    ``web_tracebacks=True``). Processes stop before transactional_db flushes
-    the tables under them.
-    """
-    stacks: list[LiveStack] = []
-    checked: list[LiveStack] = []
-    with ExitStack() as exits:
-
-        def start(
-            redis_url: str | None = None, *, web_tracebacks: bool = False, **env: str
-        ) -> LiveStack:
-            stack = exits.enter_context(
-                live_stack(
-                    database_url=database_url(connection.settings_dict),
-                    redis_url=redis_url or settings.REDIS_URL,
-                    channels_prefix=isolated_channel_layer,
-                    **{**FAULT_ENV, **env},
-                )
-            )
-            stacks.append(stack)
-            if not web_tracebacks:
-                checked.append(stack)
-            return stack
-
+    """Return tests.live.started_stacks's start(), with FAULT_ENV's settings."""
+    with started_stacks(isolated_channel_layer, **FAULT_ENV) as start:
         yield start
-        died = [
-            p.name
-            for stack in stacks
-            for p in stack.history
-            if p.returncode is not None and not p.ended_by_test
-        ]
-    for stack in stacks:
-        print(stack.report())  # shown by pytest only when the test fails
-    assert not died, f"exited on their own during the test: {died}"
-    logs = [
-        p
-        for stack in stacks
-        for p in stack.history
-        if stack in checked or p.name.startswith("db_worker")
-    ]
-    assert not [p.name for p in logs if "Traceback" in p.output()], "tracebacks"
+
+
+def start_gated(
+    start_stack: Callable[..., LiveStack], **env: str
+) -> tuple[LiveStack, Callable[..., None]]:
+    """Start a stack whose charges wait at a gate of its own (GatedChargeGateway).
+
+    Return it and the gate's opener: ``open_gate(charges=1)`` lets that many
+    charges through.
+    """
+    gate = f"test-charge-gate-{uuid.uuid4().hex}"
+    stack = start_stack(
+        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
+        PAYMENTS_TEST_CHARGE_GATE=gate,
+        **env,
+    )
+    return stack, functools.partial(open_charge_gate, stack.redis_url, gate)
 
 
 # Waiting ----------------------------------------------------------------------
@@ -329,10 +303,8 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
     kill lands where it hurts most: a payment charged at the gateway, its job
     half done.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_SIMULATED_DELAY="1.5",
         # 24 subscribes in well under a second would pass the default
         # per-socket limit (10/s, bursts of 20) and be answered rate_limited.
@@ -362,7 +334,7 @@ def test_worker_killed_mid_flight_every_payment_settles_and_is_charged_once(
         assert [t.task_path for t in running] == [PROCESS_TASK], running
 
         # The next worker makes at most one charge call per payment.
-        open_charge_gate(stack.redis_url, gate, charges=len(methods))
+        open_gate(charges=len(methods))
         stack.start_worker()
         wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
         wait_until(lambda: unnotified(ids) == 0, "every change pushed")
@@ -529,10 +501,8 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     start_stack: Callable[..., LiveStack],
 ) -> None:
     """SIGTERM while the worker waits on the gateway mid-charge."""
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_SIMULATED_DELAY="0.5",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
@@ -545,7 +515,7 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     worker.send_signal(signal.SIGTERM)
     # The signal arrives inside the charge; only then does the charge answer.
     worker.wait_for_output("shutting down gracefully")
-    open_charge_gate(stack.redis_url, gate)
+    open_gate()
     assert worker.wait(timeout=15) == 0
     assert not worker.killed, "ignored SIGTERM"
     assert time.monotonic() - started < 15
@@ -560,7 +530,7 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
 
     # The other payments' charges, one call each.
-    open_charge_gate(stack.redis_url, gate, charges=len(methods) - 1)
+    open_gate(charges=len(methods) - 1)
     stack.start_worker()
     wait_until(lambda: all_terminal(ids), "every payment terminal", SETTLE_TIMEOUT)
     assert_settled_once(payments, methods)
@@ -656,10 +626,8 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     PAYMENTS_STUCK_AFTER stays at its 60 s default: only the dead worker's
     lapsed heartbeat can bring the job back that fast.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_STUCK_AFTER="60",
         PAYMENTS_SIMULATED_DELAY="0",
     )
@@ -667,7 +635,7 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     ids = [payment["id"]]
     wait_until(lambda: charged_unrecorded(ids), "the worker inside the charge")
     stack.kill_worker()
-    open_charge_gate(stack.redis_url, gate)  # for the next charge call
+    open_gate()  # for the next charge call
 
     restarted = time.monotonic()
     stack.start_worker()
@@ -696,10 +664,8 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
     dead ghost worker, planted once the live worker's job is older than twice
     the lease, is released by those rounds; the live one is still its own.
     """
-    gate = f"test-charge-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedChargeGateway",
-        PAYMENTS_TEST_CHARGE_GATE=gate,
+    stack, open_gate = start_gated(
+        start_stack,
         PAYMENTS_STUCK_AFTER="60",
         PAYMENTS_SIMULATED_DELAY="0",
         PAYMENTS_RECOVERY_INTERVAL="0.2",
@@ -744,7 +710,7 @@ def test_job_of_a_live_worker_is_never_taken_from_it(
     assert (job.status, job.worker_ids) == ("RUNNING", [job.worker_ids[0]])
     assert calls_and_jobs(held["id"])["process_payment"] == 1
     # Both charges (the held one, the ghost's retry) through the gate.
-    open_charge_gate(stack.redis_url, gate, charges=2)
+    open_gate(charges=2)
     wait_until(lambda: all_terminal([held["id"], str(ghost_payment.pk)]), "settled")
     assert calls_and_jobs(held["id"]) == {
         "charge": 1,

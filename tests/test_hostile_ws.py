@@ -35,8 +35,14 @@ from payments import services
 from payments.models import TERMINAL_STATUSES, Payment
 from realtime import groups, notify
 from tests.factories import PaymentFactory
-from tests.helpers import assert_nothing_more as expect_nothing_more
-from tests.helpers import create_payment, next_frame, open_socket, socket_id_of
+from tests.helpers import (
+    assert_closed_quietly,
+    assert_nothing_more,
+    create_payment,
+    next_frame,
+    open_socket,
+    socket_id_of,
+)
 from tests.live import LiveStack, checked_stack
 
 ORIGIN = "http://localhost:3000"
@@ -176,7 +182,7 @@ async def assert_fresh_connection_works(live: LiveStack) -> None:
         await expect_pong(ws)
         payment = await create_payment(live, socket_id=socket_id)
         assert await statuses(ws, payment["id"], 2) == ["processing", "succeeded"]
-        await expect_nothing_more(ws, socket_id)
+        await assert_nothing_more(ws, socket_id)
 
 
 # Each abuse, as a coroutine: run alone or all on one server ------------------------
@@ -222,7 +228,7 @@ async def junk_frames(live: LiveStack) -> None:
         await ws.send(json.dumps({"action": "unsubscribe", "payment_id": 5}))
         await expect_error(ws, "not_subscribed")
         await expect_pong(ws)
-        await expect_nothing_more(ws, socket_id)
+        await assert_nothing_more(ws, socket_id)
 
 
 async def oversized_frames(live: LiveStack) -> None:
@@ -280,7 +286,7 @@ async def refused_subscriptions(live: LiveStack) -> None:
             await expect_error(intruder, "payment_not_found")
         # The payment moves on; the intruder hears nothing of it.
         assert await statuses(owner, payment["id"], 2) == ["processing", "succeeded"]
-        await expect_nothing_more(intruder, intruder_id)
+        await assert_nothing_more(intruder, intruder_id)
         await intruder.send(
             json.dumps({"action": "unsubscribe", "payment_id": payment["id"]})
         )
@@ -322,7 +328,7 @@ async def too_many_subscriptions(live: LiveStack) -> None:
         frame = await next_frame(ws)
         assert frame["event"] == "payment-status", frame
         assert frame["data"]["id"] == extra["id"]
-        await expect_nothing_more(ws, socket_id)
+        await assert_nothing_more(ws, socket_id)
 
 
 async def flood(live: LiveStack) -> None:
@@ -399,6 +405,7 @@ async def communicator() -> AsyncIterator[Callable[[], Awaitable[Any]]]:
         assert connected
         frame = await comm.receive_json_from(timeout=5)
         assert frame["event"] == "socket-id"
+        comm.socket_id = frame["data"]  # for assert_nothing_more's fence
         return comm
 
     yield open_one
@@ -443,7 +450,7 @@ async def test_consumer_closes_oversized_frames_with_1009(
     await expect_comm_closed(comm, MESSAGE_TOO_BIG)
     # Closing, it answers nothing more (a send would fail in the server).
     await comm.send_json_to({"action": "ping"})
-    assert await comm.receive_nothing(timeout=0.3) is True
+    await assert_closed_quietly(comm)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -504,7 +511,7 @@ async def test_flood_gets_one_error_then_1008(communicator, settings) -> None:
     }
     # The backlog behind the close goes unanswered.
     await comm.send_json_to({"action": "ping"})
-    assert await comm.receive_nothing(timeout=0.3) is True
+    await assert_closed_quietly(comm)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -551,7 +558,7 @@ async def test_subscription_limit_is_per_socket_and_refusal_joins_nothing(
     )
     frame = await other.receive_json_from(timeout=5)
     assert (frame["event"], frame["data"]["status"]) == ("payment-status", "processing")
-    assert await comm.receive_nothing(timeout=0.3) is True
+    await assert_nothing_more(comm, comm.socket_id)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -599,12 +606,7 @@ async def test_refused_subscribe_never_joins_even_for_a_moment() -> None:
         pushing = False
         pushed = await pusher
     assert pushed > 2, "no change was pushed during the refused subscribes"
-    marker = str(uuid.uuid4())
-    await layer.group_send(
-        groups.socket_group(socket_id),
-        {"type": notify.MESSAGE_TYPE, "payment": {"id": marker, "version": 1}},
-    )
-    assert (await comm.receive_json_from(timeout=5))["data"]["id"] == marker
+    await assert_nothing_more(comm, socket_id)
     await comm.disconnect(timeout=5)
     await database_sync_to_async(connections.close_all)()
 

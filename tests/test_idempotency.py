@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import string
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -13,13 +12,13 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments.api import idempotency
 from payments.models import IdempotencyKey, Payment
+from tests.helpers import at_once
 from tests.live import LiveStack, checked_stack
 
 CREATE = "/api/payments/"
@@ -246,36 +245,18 @@ def test_expired_key_is_free_again_and_pruned(api_client, settings):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_requests_with_one_key_create_one_payment():
     workers = 20
-    barrier = threading.Barrier(workers)
-    results: list[tuple[int, dict]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def request() -> None:
-        try:
-            client = Client()
-            barrier.wait(timeout=30)
-            response = client.post(
-                CREATE,
-                {"amount": 4200},
-                content_type="application/json",
-                headers={"Idempotency-Key": KEY},
-            )
-            with lock:
-                results.append((response.status_code, response.json()))
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        finally:
-            connection.close()
+    def request() -> tuple[int, dict]:
+        response = Client().post(
+            CREATE,
+            {"amount": 4200},
+            content_type="application/json",
+            headers={"Idempotency-Key": KEY},
+        )
+        return response.status_code, response.json()
 
-    threads = [threading.Thread(target=request) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = at_once(request, workers)
 
-    assert not errors
     assert len(results) == workers
     assert {status for status, _ in results} == {202}
     assert len({body["id"] for _, body in results}) == 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.db import OperationalError
 
@@ -11,6 +9,7 @@ from payments import outbox, services
 from payments.models import PaymentEvent, PaymentStatus
 from payments.worker import mark_writer, recovery
 from tests.factories import PaymentFactory
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,10 +64,9 @@ def test_the_writer_flushes_on_its_own_interval():
 
     with mark_writer.marks_batched(interval=0.05):
         services.payment_start_processing(payment_id=payment.pk)
-        deadline = time.monotonic() + 10
-        while processing_event(payment.pk).notified_at is None:
-            assert time.monotonic() < deadline, "the writer never flushed"
-            time.sleep(0.02)  # polling the database, not synchronising on an event
+        wait_until(
+            lambda: processing_event(payment.pk).notified_at, "the writer's flush", 10
+        )
         assert outbox.marks.flush() == 0
 
 

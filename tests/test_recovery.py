@@ -12,13 +12,12 @@ import logging
 import os
 import socket
 import threading
-import time
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection, transaction
+from django.db import transaction
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -35,6 +34,7 @@ from payments.worker.recovery import (
 )
 from realtime import groups, notify
 from tests.factories import PaymentFactory
+from tests.helpers import at_once, wait_until
 
 PROCESS_TASK = "payments.tasks.process_payment"
 
@@ -143,22 +143,7 @@ def test_concurrent_recovery_rounds_enqueue_a_payment_once():
     payments = [PaymentFactory(status=PaymentStatus.PENDING) for _ in range(10)]
     for payment in payments:
         stuck(payment)
-    rounds = 4
-    barrier = threading.Barrier(rounds)
-    totals: list[int] = []
-
-    def round_() -> None:
-        try:
-            barrier.wait(timeout=30)
-            totals.append(recovery.payment_recover_stuck())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=round_) for _ in range(rounds)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    totals = at_once(recovery.payment_recover_stuck)
 
     assert sum(totals) == len(payments)
     assert all(process_tasks_for(payment) == 1 for payment in payments)
@@ -168,28 +153,14 @@ def test_concurrent_recovery_rounds_enqueue_a_payment_once():
 def test_recovery_loop_runs_rounds_until_stopped(settings):
     payment = PaymentFactory(status=PaymentStatus.PENDING)
     stuck(payment)
-    seen = threading.Event()
     loop = RecoveryLoop(interval=0.05)
 
-    def watch() -> None:
-        # Wait on the database for the loop's work, with a deadline.
-        deadline = timezone.now() + timedelta(seconds=10)
-        try:
-            while timezone.now() < deadline:
-                if process_tasks_for(payment):
-                    seen.set()
-                    return
-                threading.Event().wait(0.02)
-        finally:
-            connection.close()
-
     loop.start()
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    watcher.join(timeout=15)
-    loop.stop(timeout=5)
+    try:
+        wait_until(lambda: process_tasks_for(payment), "a round's job", 10)
+    finally:
+        loop.stop(timeout=5)
 
-    assert seen.is_set()
     assert not loop.is_alive()
 
 
@@ -530,22 +501,7 @@ def test_concurrent_rounds_release_a_dead_workers_job_once(settings):
     payments = [PaymentFactory(status=PaymentStatus.PROCESSING) for _ in range(5)]
     for payment in payments:
         job_for(payment, status=TaskResultStatus.RUNNING, worker="dead")
-    rounds = 4
-    barrier = threading.Barrier(rounds)
-    totals: list[int] = []
-
-    def round_() -> None:
-        try:
-            barrier.wait(timeout=30)
-            totals.append(tasks_release_abandoned())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=round_) for _ in range(rounds)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    totals = at_once(tasks_release_abandoned)
 
     assert sum(totals) == len(payments)
     assert all(process_tasks_for(payment) == 2 for payment in payments)
@@ -563,10 +519,7 @@ def test_heartbeat_keeps_the_lease_and_drops_it_at_a_clean_stop(settings):
         def renewed() -> bool:
             return WorkerHeartbeat.objects.get().beat_at > first
 
-        deadline = time.monotonic() + 5
-        while not renewed() and time.monotonic() < deadline:
-            threading.Event().wait(0.02)  # polling the database with a deadline
-        assert renewed()
+        wait_until(renewed, "a renewal", 5)
         assert heartbeat.workers_liveness(["w1", "w2"]) == {"w1": True}
         assert list(heartbeat.workers_alive().values_list("pk", flat=True)) == ["w1"]
     assert not lost.is_set()

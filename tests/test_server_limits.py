@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from realtime.http_edge import LINGER
 from tests.helpers import wait_until
@@ -28,8 +26,6 @@ from tests.live import (
     HOST,
     LiveStack,
     checked_stack,
-    database_url,
-    live_stack,
     rss_bytes,
 )
 
@@ -116,6 +112,22 @@ def request_head(method: str, path: str, *headers: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
+def post_head(
+    body: bytes,
+    *headers: str,
+    path: str = CREATE,
+    content_type: str = "application/json",
+) -> bytes:
+    """The head of a POST of ``body``: its Content-Type and Content-Length."""
+    return request_head(
+        "POST",
+        path,
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        *headers,
+    )
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -131,24 +143,19 @@ def live(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveSt
         yield stack
 
 
-def create(live: LiveStack, *headers: str) -> Response:
-    """POST a valid payment on a fresh connection; return the response."""
-    body = b'{"amount": 1000}'
+def post(live: LiveStack, body: bytes, *headers: str, **options: str) -> Response:
+    """POST ``body`` on a fresh connection (post_head's ``options``); the answer."""
     client = RawClient(live.port)
     try:
-        client.send(
-            request_head(
-                "POST",
-                CREATE,
-                "Content-Type: application/json",
-                f"Content-Length: {len(body)}",
-                *headers,
-            )
-            + body
-        )
+        client.send(post_head(body, *headers, **options) + body)
         return client.response()
     finally:
         client.close()
+
+
+def create(live: LiveStack, *headers: str) -> Response:
+    """POST a valid payment on a fresh connection; return the response."""
+    return post(live, b'{"amount": 1000}', *headers)
 
 
 def warm(live: LiveStack) -> None:
@@ -236,18 +243,8 @@ def test_body_at_the_limit_is_read(live: LiveStack) -> None:
     # it is padding, not a payment); one byte more is the server's 413.
     body = b'{"amount": 1000, "description": "' + b"x" * API_LIMIT
     body = body[:API_LIMIT]
-    client = RawClient(live.port)
-    client.send(
-        request_head(
-            "POST",
-            CREATE,
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-        )
-        + body
-    )
 
-    response = client.response()
+    response = post(live, body)
 
     assert response.status == 400, response
     assert response.error()["code"] == "parse_error"
@@ -255,19 +252,16 @@ def test_body_at_the_limit_is_read(live: LiveStack) -> None:
 
 def test_admin_may_post_more_than_the_api(live: LiveStack) -> None:
     body = b"x" * (API_LIMIT * 2)
-    client = RawClient(live.port)
-    client.send(
-        request_head(
-            "POST",
-            "/admin/login/",
-            "Content-Type: application/x-www-form-urlencoded",
-            f"Content-Length: {len(body)}",
-        )
-        + body
+
+    response = post(
+        live,
+        body,
+        path="/admin/login/",
+        content_type="application/x-www-form-urlencoded",
     )
 
     # Django's answer (CSRF), not the server's 413.
-    assert client.response().status == 403
+    assert response.status == 403
 
 
 # 13. Chunked request bodies --------------------------------------------------------
@@ -374,14 +368,7 @@ def test_body_sent_in_time_after_a_pause_is_served(live: LiveStack) -> None:
     body = b'{"amount": 1000}'
     client = RawClient(live.port)
     for _ in range(2):
-        client.send(
-            request_head(
-                "POST",
-                CREATE,
-                "Content-Type: application/json",
-                f"Content-Length: {len(body)}",
-            )
-        )
+        client.send(post_head(body))
         time.sleep(BODY_TIMEOUT / 2)  # the pause is the test's subject
         client.send(body)
         assert client.response().status == 202
@@ -497,28 +484,11 @@ FORM_BODIES = [
 ]
 
 
-def post_form(live: LiveStack, path: str, content_type: str, body: bytes) -> Response:
-    client = RawClient(live.port)
-    try:
-        client.send(
-            request_head(
-                "POST",
-                path,
-                f"Content-Type: {content_type}",
-                f"Content-Length: {len(body)}",
-            )
-            + body
-        )
-        return client.response()
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize(("content_type", "body"), FORM_BODIES)
 def test_malformed_form_body_to_the_api_is_a_json_4xx(
     live: LiveStack, content_type: str, body: bytes
 ) -> None:
-    response = post_form(live, CREATE, content_type, body)
+    response = post(live, body, content_type=content_type)
 
     # DRF's answer (the API takes JSON), or the body limit's; twisted's own
     # parse used to preempt both with its "malformed" 400.
@@ -530,7 +500,7 @@ def test_malformed_form_body_to_the_api_is_a_json_4xx(
 def test_malformed_form_body_to_the_admin_login_is_djangos_4xx(
     live: LiveStack, content_type: str, body: bytes
 ) -> None:
-    response = post_form(live, "/admin/login/", content_type, body)
+    response = post(live, body, path="/admin/login/", content_type=content_type)
 
     # Django's own refusal (a bad form, too many fields, or CSRF), never
     # the server's "malformed" 400 nor a 5xx.
@@ -572,16 +542,7 @@ def test_client_root_path_is_ignored(live: LiveStack, value: bytes) -> None:
     body = b'{"amount": 1000}'
     client = RawClient(live.port)
     client.send(
-        request_head(
-            "POST",
-            CREATE,
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-        )[:-2]
-        + b"Daphne-Root-Path: "
-        + value
-        + b"\r\n\r\n"
-        + body
+        post_head(body)[:-2] + b"Daphne-Root-Path: " + value + b"\r\n\r\n" + body
     )
 
     response = client.response()
@@ -594,17 +555,10 @@ def test_client_root_path_is_ignored(live: LiveStack, value: bytes) -> None:
 @pytest.fixture
 def proxied(transactional_db: None, isolated_channel_layer: str) -> Iterator[LiveStack]:
     """A web process told a proxy in front sets Daphne-Root-Path."""
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=isolated_channel_layer,
-        worker=False,
-        WEB_TRUST_ROOT_PATH_HEADER="true",
+    with checked_stack(
+        isolated_channel_layer, worker=False, WEB_TRUST_ROOT_PATH_HEADER="true"
     ) as stack:
         yield stack
-    for process in stack.history:
-        print(process.report())
-    assert not [p.name for p in stack.history if "Traceback" in p.output()]
 
 
 def test_trusted_root_path_prefixes_location(proxied: LiveStack) -> None:

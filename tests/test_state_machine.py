@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -22,6 +21,7 @@ from payments.models import (
 from payments.payloads import payment_owner_data
 from payments.services import TRANSITIONS, InvalidTransitionError
 from tests.factories import PaymentFactory
+from tests.helpers import at_once
 
 PROCESS_TASK = "payments.tasks.process_payment"
 REFRESH_TASK = "payments.tasks.refresh_payment"
@@ -301,27 +301,11 @@ def test_failed_after_succeeded_loses():
 def test_concurrent_start_processing_has_one_winner():
     payment = PaymentFactory()
     workers = 4
-    barrier = threading.Barrier(workers)
-    results: list = []
-    errors: list = []
 
-    def run() -> None:
-        try:
-            barrier.wait(timeout=10)
-            results.append(services.payment_start_processing(payment_id=payment.id))
-        except Exception as exc:  # reported below
-            errors.append(exc)
-        finally:
-            close_old_connections()
-            connection.close()
+    results = at_once(
+        lambda: services.payment_start_processing(payment_id=payment.id), workers
+    )
 
-    threads = [threading.Thread(target=run) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-
-    assert errors == []
     assert len(results) == workers
     assert sum(r is not None for r in results) == 1
     payment.refresh_from_db()

@@ -28,7 +28,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from typing import Any
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count
 from django.urls import Resolver404, resolve
 from websockets.asyncio.client import ClientConnection, connect
@@ -46,10 +44,9 @@ from payments.models import TERMINAL_STATUSES, GatewayCall, Payment, SimulatedCh
 from tests.live import (
     HAProxy,
     LiveStack,
-    database_url,
     free_port,
-    live_stack,
     open_charge_gate,
+    started_stacks,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -147,35 +144,16 @@ def topology(transactional_db: None, isolated_channel_layer: str) -> Iterator[To
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=TESTS, check=True, timeout=300
         )
-    with ExitStack() as exits:
-        stacks = [
-            exits.enter_context(
-                live_stack(
-                    database_url=database_url(connection.settings_dict),
-                    redis_url=settings.REDIS_URL,
-                    channels_prefix=isolated_channel_layer,
-                    # Workers wait on wake-ups; polls only back them up.
-                    worker_interval="0.5",
-                    PAYMENTS_TEST_CHARGE_GATE=gate_name(isolated_channel_layer),
-                    **ENV,
-                )
-            )
-            for _ in range(2)
-        ]
-        proxy = exits.enter_context(
-            HAProxy([s.port for s in stacks], http_check=readyz_routed())
-        )
-        yield Topology(*stacks, proxy)
-        died = [
-            p.name
-            for stack in stacks
-            for p in stack.history
-            if p.returncode is not None and not p.ended_by_test
-        ]
-    for stack in stacks:
-        print(stack.report())  # shown by pytest only when the test fails
-    assert not died, f"exited on their own during the test: {died}"
-    assert not [p.name for s in stacks for p in s.history if "Traceback" in p.output()]
+    with started_stacks(
+        isolated_channel_layer,
+        # Workers wait on wake-ups; polls only back them up.
+        worker_interval="0.5",
+        PAYMENTS_TEST_CHARGE_GATE=gate_name(isolated_channel_layer),
+        **ENV,
+    ) as start:
+        stacks = [start() for _ in range(2)]
+        with HAProxy([s.port for s in stacks], http_check=readyz_routed()) as proxy:
+            yield Topology(*stacks, proxy)
 
 
 # JSON protocol clients ----------------------------------------------------------
