@@ -285,56 +285,65 @@ def cmd_micro(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def _asgi_call(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    query: bytes = b"",
+) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """One HTTP request through config.asgi's application, as daphne makes it."""
+    from config.asgi import application
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(headers or []),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("localhost", 80),
+    }
+    answered = asyncio.Event()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    status, content, answer_headers = 0, b"", {}
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, content, answer_headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            answer_headers = {k.lower(): v for k, v in message["headers"]}
+        else:
+            content += message.get("body", b"")
+
+    await application(scope, receive, send)
+    answered.set()
+    return status, content, answer_headers
+
+
 async def _asgi_requests(count: int) -> dict[str, Any]:
     """CPU per create and per poll through config.asgi, in this process.
 
     Process CPU (every thread's), so the request threads count; the HTTP
     server's own share (daphne parsing and writing) is not in it.
     """
-    from config.asgi import application
-
-    async def call(
-        method: str, path: str, body: bytes = b"", query: bytes = b""
-    ) -> tuple[int, bytes, dict[bytes, bytes]]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": [
-                (b"host", b"localhost"),
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 40000),
-            "server": ("localhost", 80),
-        }
-        answered = asyncio.Event()
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        status, content, headers = 0, b"", {}
-
-        async def receive() -> dict[str, Any]:
-            if messages:
-                return messages.pop()
-            await answered.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, content, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = {k.lower(): v for k, v in message["headers"]}
-            else:
-                content += message.get("body", b"")
-
-        await application(scope, receive, send)
-        answered.set()
-        return status, content, headers
+    call = _asgi_call
 
     body = json.dumps({"amount": 1000, "currency": "usd"}).encode()
 

@@ -73,8 +73,13 @@ def payment_create(
     socket_id: str = "",
     user: Any = None,
 ) -> Payment:
-    """Record a pending payment and enqueue its processing, atomically."""
-    with transaction.atomic():
+    """Record a pending payment and enqueue its processing, atomically.
+
+    Inside a caller's transaction (the idempotency key's) it takes no
+    savepoint: an error here is raised on and rolls the whole of that
+    transaction back, so there is nothing to roll back to.
+    """
+    with transaction.atomic(savepoint=False):
         payment = Payment.objects.create(
             amount=amount,
             currency=currency,

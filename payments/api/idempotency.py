@@ -37,7 +37,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 
 from payments.errors import ApplicationError
@@ -173,22 +173,19 @@ def idempotent_call(
     """
     cutoff = timezone.now() - timedelta(seconds=settings.PAYMENTS_IDEMPOTENCY_KEY_TTL)
     with transaction.atomic():
-        # An expired key is free for reuse even before the prune command runs.
-        IdempotencyKey.objects.filter(
-            scope=scope, key=key, created_at__lt=cutoff
-        ).delete()
-        try:
-            with transaction.atomic():
-                record = IdempotencyKey.objects.create(
-                    scope=scope,
-                    key=key,
-                    request_fingerprint=fingerprint,
-                    response_status=0,
-                )
-        except IntegrityError:
-            record = None
-        if record is None:
-            earlier = IdempotencyKey.objects.get(scope=scope, key=key)
+        record_id = _claim(scope=scope, key=key, fingerprint=fingerprint)
+        if record_id is None:
+            earlier = IdempotencyKey.objects.filter(scope=scope, key=key).first()
+            if earlier is None or earlier.created_at < cutoff:
+                # Expired (or pruned since): free for reuse even before the
+                # prune command runs.
+                IdempotencyKey.objects.filter(
+                    scope=scope, key=key, created_at__lt=cutoff
+                ).delete()
+                record_id = _claim(scope=scope, key=key, fingerprint=fingerprint)
+                if record_id is None:  # another request took it meanwhile
+                    earlier = IdempotencyKey.objects.get(scope=scope, key=key)
+        if record_id is None:
             if earlier.request_fingerprint != fingerprint:
                 raise IdempotencyKeyReusedError(
                     "this key was already used with a different request body; "
@@ -197,11 +194,49 @@ def idempotent_call(
                 )
             return earlier.response_status, earlier.response_body, True
         status, body, payment = perform()
-        record.response_status = status
-        record.response_body = body
-        record.payment = payment
-        record.save(update_fields=["response_status", "response_body", "payment"])
+        IdempotencyKey.objects.filter(pk=record_id).update(
+            response_status=status, response_body=body, payment=payment
+        )
     return status, body, False
+
+
+def _claim(*, scope: str, key: str, fingerprint: str) -> int | None:
+    """Insert the key's row unless (scope, key) has one; return its id or None.
+
+    One statement, ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, where the
+    ORM needs a savepoint around its INSERT to survive the IntegrityError
+    (three statements). It waits, as the plain INSERT did, for a concurrent
+    request's uncommitted row with this key: then returns None once that
+    commits, or inserts if it rolls back.
+    """
+    meta = IdempotencyKey._meta
+    connection = connections[router.db_for_write(IdempotencyKey)]
+    qn = connection.ops.quote_name
+    values = {
+        "scope": scope,
+        "key": key,
+        "request_fingerprint": fingerprint,
+        "response_status": 0,
+        "response_body": {},
+        "created_at": timezone.now(),
+    }
+    fields = [meta.get_field(name) for name in values]
+    params = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, values.values(), strict=True)
+    ]
+    table = qn(meta.db_table)
+    columns = ", ".join(qn(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    conflict = ", ".join(qn(meta.get_field(name).column) for name in ("scope", "key"))
+    returning = qn(meta.pk.column)
+    # Identifiers from the model's metadata; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) "  # noqa: S608
+    sql += f"ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def idempotency_keys_prune() -> int:
