@@ -133,8 +133,10 @@ def register_figures(figures: Callable[[], Iterable[Metric]]) -> None:
 
     For figures read from the database, which belong to no process: an app
     registers its own from its AppConfig.ready(), so ops imports no app.
+    Registering the same function again (ready() run twice) changes nothing.
     """
-    _figures.append(figures)
+    if figures not in _figures:
+        _figures.append(figures)
 
 
 class DatabaseCollector(Collector):

@@ -22,7 +22,7 @@ from django.utils import timezone
 from ops import metrics
 from ops.request_id import current_request_id
 from payments import outbox, tasks
-from payments.gateways import GatewayError, GatewayResult, Outcome, get_gateway
+from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import (
     TERMINAL_STATUSES,
     GatewayCall,
@@ -338,7 +338,7 @@ def _payment_apply_outcome(payment: Payment, result: GatewayResult) -> None:
     else:
         # Not settled yet: the worker's settle sweep asks again when it is
         # due, so no worker sits waiting for the provider.
-        Payment.objects.filter(pk=payment.id).update(
+        Payment.objects.filter(pk=payment.id, status=PaymentStatus.PROCESSING).update(
             settle_at=timezone.now() + timedelta(seconds=result.retry_after),
             recheck_at=stuck_deadline(result.retry_after),
         )
@@ -349,8 +349,9 @@ def payments_settle_due(*, limit: int = 100) -> int:
 
     Return how many were asked. This is the worker's settle sweep: one
     transaction claims up to ``limit`` payments whose ``settle_at`` has come
-    (``SKIP LOCKED``, so workers sweeping together take different ones; a
-    claim clears ``settle_at``), the gateway is asked for each, and one
+    (``SKIP LOCKED`` on PostgreSQL, so workers sweeping together take
+    different ones; SQLite's one writer serialises them; a claim clears
+    ``settle_at`` and moves ``recheck_at`` on), the gateway is asked for each, and one
     transaction records every answer and applies the outcomes: the same
     conditional transitions and events as a job, a commit for the batch
     instead of a job (claim, run, result) per payment. A sweep that dies after
@@ -358,15 +359,25 @@ def payments_settle_due(*, limit: int = 100) -> int:
     charges again through the gateway's idempotency.
     """
     now = timezone.now()
+    due_now = Payment.objects.filter(
+        status=PaymentStatus.PROCESSING, settle_at__lte=now
+    )
+    # A look without a transaction first: most looks find nothing, and on
+    # SQLite (IMMEDIATE transactions) an empty claim would still take the
+    # write lock.
+    if not due_now.exists():
+        return 0
     with transaction.atomic():
         due = list(
-            Payment.objects.select_for_update(skip_locked=True)
-            .filter(status=PaymentStatus.PROCESSING, settle_at__lte=now)
-            .order_by("settle_at")[:limit]
+            due_now.select_for_update(skip_locked=True).order_by("settle_at")[:limit]
         )
         if not due:
             return 0
-        Payment.objects.filter(pk__in=[p.pk for p in due]).update(settle_at=None)
+        # The deadline moves on with the claim: recovery, which claims by
+        # recheck_at, cannot take these while the sweep asks for them.
+        Payment.objects.filter(pk__in=[p.pk for p in due]).update(
+            settle_at=None, recheck_at=stuck_deadline()
+        )
     gateway = get_gateway()
     answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
     for payment in due:
@@ -375,7 +386,9 @@ def payments_settle_due(*, limit: int = 100) -> int:
             result, call = _gateway_call(
                 payment, "retrieve", lambda p=payment: gateway.retrieve(payment=p)
             )
-        except GatewayError:
+        except Exception:
+            # GatewayError or not (a provider's library raising its own): one
+            # payment's failure is not the batch's, nor the worker's.
             logger.warning(
                 "gateway retrieve failed payment=%s; recovery retries it",
                 payment.id,

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from payments import services
+from payments.gateways.simulated import SimulatedGateway
 from payments.models import (
     GatewayCall,
     Payment,
@@ -641,11 +642,57 @@ def test_settle_sweep_skips_a_payment_the_gateway_cannot_answer_for(settings):
     unanswered.refresh_from_db()
     answered.refresh_from_db()
     assert (unanswered.status, unanswered.settle_at) == (PaymentStatus.PROCESSING, None)
-    assert unanswered.recheck_at is not None
+    # The claim moved the deadline on: recovery takes it only after a while.
+    assert unanswered.recheck_at > timezone.now() + timedelta(
+        seconds=settings.PAYMENTS_STUCK_AFTER - 5
+    )
     assert answered.status == PaymentStatus.SUCCEEDED
     assert not GatewayCall.objects.filter(
         payment=unanswered, operation="retrieve"
     ).exists()
+
+
+class RetrieveRaisesGateway(SimulatedGateway):
+    """A provider whose client library raises its own error, not GatewayError."""
+
+    def retrieve(self, *, payment):
+        if payment.payment_method == "pm_card_mastercard":
+            raise ConnectionError("provider unreachable")
+        return super().retrieve(payment=payment)
+
+
+@pytest.mark.django_db
+def test_settle_sweep_survives_any_error_of_one_payments_retrieve(settings):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    settings.PAYMENTS_GATEWAY = f"{__name__}.RetrieveRaisesGateway"
+    failing = PaymentFactory(payment_method="pm_card_mastercard")
+    fine = PaymentFactory(payment_method="pm_card_visa")
+    for payment in (failing, fine):
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(failing, fine)
+
+    assert services.payments_settle_due() == 2
+
+    failing.refresh_from_db()
+    fine.refresh_from_db()
+    assert (failing.status, failing.settle_at) == (PaymentStatus.PROCESSING, None)
+    assert fine.status == PaymentStatus.SUCCEEDED
+
+
+@pytest.mark.django_db
+def test_batch_worker_settles_everything_due(settings):
+    """db_worker --batch has django-tasks-db's loop, no sweep: it settles first."""
+    from payments.management.commands.db_worker import settle_all_due
+
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payments = [PaymentFactory() for _ in range(5)]
+    for payment in payments:
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(*payments)
+
+    settle_all_due(batch=2)
+
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
 
 
 @pytest.mark.django_db

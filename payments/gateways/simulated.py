@@ -47,7 +47,7 @@ def _own_transaction() -> AbstractContextManager[object]:
     breaks nothing: an atomic block would only add a BEGIN and a COMMIT (two
     round trips of a worker's eighteen per payment).
     """
-    if connection.in_atomic_block:
+    if connection.in_atomic_block or not connection.get_autocommit():
         return transaction.atomic()
     return nullcontext()
 

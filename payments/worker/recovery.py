@@ -61,9 +61,10 @@ def payment_recover_stuck(*, limit: int = 500) -> int:
     )
     if not candidates:
         return 0
-    # One statement, one snapshot: a job hands over to its follow-up (a
-    # deferred refresh) by enqueuing it before it finishes, so an open job
-    # is seen either way.
+    # One statement, one snapshot of the open jobs. A payment handed from
+    # its job to the settle sweep, or from the sweep back, changes its
+    # recheck_at as it goes, so the conditional claim below fails for a
+    # candidate read before the hand-over.
     open_jobs = selectors.payment_ids_with_open_job(
         payment_ids=[pk for pk, _, _ in candidates]
     )

@@ -83,6 +83,8 @@ class WakeableWorker(Worker):
             while self.running:
                 close_old_connections()
                 self._settle_due()
+                if not self.running:
+                    break  # SIGTERM during the sweep: no new job
                 task_result = self._claim()
                 if task_result is not None:
                     self.run_task(task_result)
@@ -131,7 +133,22 @@ class WakeableWorker(Worker):
         now = time.monotonic()
         if now < self._settle_check_at:
             return
-        settled = services.payments_settle_due(limit=SETTLE_BATCH)
+        self._settle_check_at = now + SETTLE_CHECK_INTERVAL
+        try:
+            settled = services.payments_settle_due(limit=SETTLE_BATCH)
+        except OperationalError as exc:
+            # A locked SQLite database unlocks eventually; the next look
+            # tries again. Anything else is the database going away: the
+            # loop's jobs would fail the same way.
+            if is_locked_database_exception(exc):
+                return
+            raise
+        except Exception:
+            # A bug, not an outage: the jobs can still run. Logged once an
+            # interval, not every look.
+            logger.exception("settle sweep failed; trying again")
+            self._settle_check_at = now + self.interval
+            return
         # A full batch: more may be due already.
         self._settle_check_at = now + (
             0.0 if settled >= SETTLE_BATCH else SETTLE_CHECK_INTERVAL

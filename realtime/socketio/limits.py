@@ -26,6 +26,6 @@ def max_payload() -> int:
     """Return the largest payload every transport of this process accepts."""
     sizes = [settings.SOCKETIO_MAX_PAYLOAD, settings.REALTIME_MAX_FRAME_BYTES]
     for limit in (server_message_limit, server_body_limit):
-        if limit is not None:
+        if limit:  # 0 is autobahn's "no limit"
             sizes.append(limit)
     return min(sizes)

@@ -14,6 +14,7 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
 from ops.metrics import serve_worker
+from payments import services
 from payments.worker import mark_writer
 from payments.worker.heartbeat import (
     heartbeat_claim_waiting,
@@ -22,6 +23,12 @@ from payments.worker.heartbeat import (
 )
 from payments.worker.recovery import recovery_running, tasks_release_held_by
 from payments.worker.worker import WakeableWorker
+
+
+def settle_all_due(batch: int = 100) -> None:
+    """Settle every payment due now; a partial batch means none is left."""
+    while services.payments_settle_due(limit=batch) == batch:
+        pass
 
 
 class Command(DBWorkerCommand):
@@ -61,7 +68,11 @@ class Command(DBWorkerCommand):
             ):
                 if options["batch"]:
                     # Runs what is queued and exits: nothing to wait for.
+                    # django-tasks-db's loop has no settle sweep: what is
+                    # due is settled here, before and after it.
+                    settle_all_due()
                     super().handle(*args, **options)
+                    settle_all_due()
                     return
                 self._run_wakeable(**options)
         finally:
