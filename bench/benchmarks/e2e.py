@@ -20,6 +20,19 @@ from bench.harness import (
 )
 
 
+def payment_record(
+    log: FrameLog, payment_id: str, t_post: float, t_response: float, t_done: float
+) -> dict[str, Any]:
+    """One payment's times: POST sent, answered, processing and succeeded seen."""
+    return {
+        "id": payment_id,
+        "t_post": t_post,
+        "t_response": t_response,
+        "t_processing": log.statuses.get((payment_id, "processing")),
+        "t_succeeded": t_done,
+    }
+
+
 async def run_payments(
     stack: Stack,
     *,
@@ -60,15 +73,7 @@ async def run_payments(
             except TimeoutError:
                 errors += 1
                 return
-            records.append(
-                {
-                    "id": payment_id,
-                    "t_post": t_post,
-                    "t_response": t_response,
-                    "t_processing": log.statuses.get((payment_id, "processing")),
-                    "t_succeeded": t_done,
-                }
-            )
+            records.append(payment_record(log, payment_id, t_post, t_response, t_done))
 
         try:
             while time.monotonic() < stop_at:

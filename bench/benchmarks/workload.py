@@ -31,7 +31,7 @@ from bench.benchmarks.common import (
     cpu_per_payment,
     pct_ms,
 )
-from bench.benchmarks.e2e import run_payments, stage_times
+from bench.benchmarks.e2e import payment_record, run_payments, stage_times
 from bench.client import HttpConnection, ws_close_all, ws_open_many
 from bench.harness import Stack
 
@@ -120,15 +120,7 @@ async def post_workload(
             except TimeoutError:
                 unfinished.append(payment_id)
                 return
-            records.append(
-                {
-                    "id": payment_id,
-                    "t_post": t_post,
-                    "t_response": t_response,
-                    "t_processing": log.statuses.get((payment_id, "processing")),
-                    "t_succeeded": t_done,
-                }
-            )
+            records.append(payment_record(log, payment_id, t_post, t_response, t_done))
 
     try:
         cpu0 = stack.server_cpu()
