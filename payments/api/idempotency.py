@@ -205,7 +205,9 @@ def _claim(*, scope: str, key: str, fingerprint: str) -> int | None:
 
     One statement, ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, where the
     ORM needs a savepoint around its INSERT to survive the IntegrityError
-    (three statements). It waits, as the plain INSERT did, for a concurrent
+    (three statements): a keyed create went from 10 statements to 7 and
+    from 8.69 to 7.68 ms of CPU on PostgreSQL (bench.create_path, medians
+    of 3). It waits, as the plain INSERT did, for a concurrent
     request's uncommitted row with this key: then returns None once that
     commits, or inserts if it rolls back.
     """

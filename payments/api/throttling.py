@@ -130,7 +130,8 @@ def throttles_refusing(
 
     Every throttle counts the request, refused or not, as DRF's
     check_throttles has each of them do; one pipeline for all of them
-    instead of one each (a create has two).
+    instead of one each (a create has two: 0.47 → 0.30 ms of CPU per create,
+    bench.create_path).
     """
     windows = [(throttle, throttle.window(request, view)) for throttle in throttles]
     counted = [(throttle, window) for throttle, window in windows if window]
