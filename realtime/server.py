@@ -188,11 +188,28 @@ class ServerWebSocketProtocol(WebSocketProtocol):
             super().serverClose(code)
 
 
+def with_backlog(endpoints: list[str], backlog: int) -> list[str]:
+    """Give each TCP endpoint that names none the listen backlog ``backlog``.
+
+    The post's workload opens 500 connections at once: with Twisted's
+    backlog of 50 the rest retried their SYN (POST response p99 4.6 s).
+    """
+    return [
+        f"{endpoint}:backlog={backlog}"
+        if endpoint.startswith("tcp:") and ":backlog=" not in endpoint
+        else endpoint
+        for endpoint in endpoints
+    ]
+
+
 class GracefulServer(Server):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("websocket_max_message_size") is None:
-            from django.conf import settings
+        from django.conf import settings
 
+        kwargs["endpoints"] = with_backlog(
+            kwargs.get("endpoints") or [], settings.WEB_LISTEN_BACKLOG
+        )
+        if kwargs.get("websocket_max_message_size") is None:
             kwargs["websocket_max_message_size"] = settings.REALTIME_MAX_FRAME_BYTES
         # Socket.IO advertises no more than these (its open packet's maxPayload).
         socketio_limits.server_message_limit = kwargs["websocket_max_message_size"]

@@ -1,11 +1,19 @@
-"""realtime.server's command line: daphne's, with daphne's own flags."""
+"""realtime.server's command line: daphne's own flags; its listen backlog."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 from realtime.http_edge import body_limit
-from realtime.server import WEB_FLAGS, GracefulCommandLineInterface, redact_query
+from realtime.server import (
+    WEB_FLAGS,
+    GracefulCommandLineInterface,
+    redact_query,
+    with_backlog,
+)
+from tests.live import checked_stack
 
 APP = "config.asgi:application"
 
@@ -78,3 +86,34 @@ def test_body_limit_by_longest_path_prefix(settings, target: bytes, limit: int) 
     settings.WEB_MAX_BODY_BYTES = {"/api/": 100, "/": 1000}
 
     assert body_limit(target) == limit
+
+
+def test_tcp_endpoints_get_the_listen_backlog() -> None:
+    endpoints = [
+        "tcp:port=8000:interface=0.0.0.0",
+        "tcp:port=8001:interface=127.0.0.1:backlog=64",
+        "unix:/run/web.sock",
+    ]
+
+    assert with_backlog(endpoints, 1024) == [
+        "tcp:port=8000:interface=0.0.0.0:backlog=1024",
+        "tcp:port=8001:interface=127.0.0.1:backlog=64",
+        "unix:/run/web.sock",
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_web_process_listens_with_the_backlog(isolated_channel_layer) -> None:
+    """What the kernel holds for the listening socket: ss's Send-Q."""
+    with checked_stack(
+        isolated_channel_layer, worker=False, WEB_LISTEN_BACKLOG="777"
+    ) as stack:
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{stack.port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.split()
+    assert listening[0] == "LISTEN"
+    assert listening[2] == "777"

@@ -482,6 +482,11 @@ WEB_HEAD_TIMEOUT = env.float("WEB_HEAD_TIMEOUT", default=10.0)
 # (then 408 and closed; 0: no deadline). Each byte restarts twisted's idle
 # timer, so without it a body trickled within its size limit never ends.
 WEB_BODY_TIMEOUT = env.float("WEB_BODY_TIMEOUT", default=30.0)
+# Connections the kernel queues for the web process before it accepts them
+# (the listen backlog of realtime.server's TCP endpoints; Twisted's default
+# is 50). A burst past it waits for SYN retries, 1 s then 3 s, before its
+# request is even read. The kernel caps it (net.core.somaxconn).
+WEB_LISTEN_BACKLOG = env.int("WEB_LISTEN_BACKLOG", default=1024)
 # Whether a Daphne-Root-Path header sets the application's mount point; only
 # behind a proxy that sets it (and drops it from clients).
 WEB_TRUST_ROOT_PATH_HEADER = env.bool("WEB_TRUST_ROOT_PATH_HEADER", default=False)
