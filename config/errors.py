@@ -7,6 +7,7 @@ so any may import it.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django.conf import settings
@@ -24,6 +25,11 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     if fields is not None:
         error["fields"] = fields
     return {"error": error}
+
+
+def error_json(code: str, message: str) -> bytes:
+    """error_body as bytes, for the ASGI and twisted layers that write raw bodies."""
+    return json.dumps(error_body(code, message)).encode()
 
 
 def error_response(

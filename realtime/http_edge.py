@@ -29,7 +29,6 @@ every error the server answers itself is the API's JSON error shape.
 from __future__ import annotations
 
 import contextvars
-import json
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -71,13 +70,9 @@ DAPHNE_ERRORS = {
 }
 
 
-def _error_bytes(code: str, message: str) -> bytes:
-    return json.dumps(errors.error_body(code, message)).encode()
-
-
 def error_response(status: int, code: str, message: str) -> bytes:
     """Return a whole HTTP/1.1 response that closes the connection."""
-    body = _error_bytes(code, message)
+    body = errors.error_json(code, message)
     head = (
         f"HTTP/1.1 {status} {REASONS[status]}\r\n"
         "Content-Type: application/json\r\n"
@@ -315,7 +310,7 @@ class LimitedRequest(WebRequest):
         self.json_error(status, code, message)
 
     def json_error(self, status: int, code: str, message: str) -> None:
-        body = _error_bytes(code, message)
+        body = errors.error_json(code, message)
         self.handle_reply(
             {
                 "type": "http.response.start",

@@ -11,11 +11,12 @@ is one warning line and a ``503 service_unavailable`` (HTTP, with
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 
 from redis.exceptions import RedisError
+
+from config import errors
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,9 @@ class RedisUnavailable:
             # The status is out: end the body, there is nothing else to say.
             await send({"type": "http.response.body", "body": b""})
             return
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "service_unavailable",
-                    "message": "server: Redis is unreachable; retry shortly.",
-                }
-            }
-        ).encode()
+        body = errors.error_json(
+            "service_unavailable", "server: Redis is unreachable; retry shortly."
+        )
         await send(
             {
                 "type": "http.response.start",

@@ -21,7 +21,8 @@ from processes import PY, ROOT, Process, stop_all, valkey, web_command, worker_c
 
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
-#: payments.worker.heartbeat's exit when renewals came late or were refused:
+#: payments.worker.heartbeat.LEASE_LOST_EXIT, its exit when renewals came late
+#: or were refused (tests/test_devstack.py has a real worker lose its lease):
 #: the job in hand is left to recovery, and a new process claims a new lease.
 LEASE_LOST = 70
 # Seconds between a lost lease and the worker's restart: doubling from the

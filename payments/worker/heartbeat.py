@@ -159,13 +159,18 @@ def workers_liveness(worker_ids: Iterable[str]) -> dict[str, bool]:
     return {wid: wid in alive for wid in known.values_list("worker_id", flat=True)}
 
 
+#: The worker's exit status when its lease is lost (scripts/devstack.py restarts
+#: a worker that exits with it; it cannot import this module before Django).
+LEASE_LOST_EXIT = 70
+
+
 def _lost() -> None:
     logger.critical(
         "worker heartbeat lost; exiting so that the job in hand, if any, is run "
         "again by a live worker and never by two"
     )
     # Not sys.exit: this is a thread, and the job thread must stop now.
-    os._exit(70)
+    os._exit(LEASE_LOST_EXIT)
 
 
 class Heartbeat:

@@ -7,7 +7,6 @@ to (owner.py). Only the handshake starts an owner, in the process it lands on.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -18,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from config import errors
 from realtime import security
 from realtime.socketio import limits, owner, packets, sessions
 
@@ -263,11 +263,11 @@ class PollingConsumer(AsyncHttpConsumer):
         )
 
     async def send_error(self, error: RequestError) -> None:
-        body = json.dumps({"error": {"code": error.code, "message": error.message}})
+        body = errors.error_json(error.code, error.message)
         headers = [
             (b"Content-Type", b"application/json"),
             (b"Cache-Control", b"no-store"),
         ]
         if error.status != 403:
             headers += self.cors_headers()
-        await self.send_response(error.status, body.encode(), headers=headers)
+        await self.send_response(error.status, body, headers=headers)
