@@ -51,6 +51,9 @@ class Payment(models.Model):
     # payment whose time has come in one batch, instead of one deferred job
     # per payment.
     settle_at = models.DateTimeField(null=True, blank=True)
+    # The id of the request that created it (ops.request_id): the worker's
+    # log lines for the payment, its charge as its settlement, carry it.
+    request_id = models.CharField(max_length=128, blank=True, default="")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

@@ -7,20 +7,21 @@ updates no row and so writes nothing; callers get ``None`` back.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from ops import metrics
-from ops.request_id import current_request_id
+from ops.request_id import current_request_id, request_id_bound
 from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
 from payments.models import (
@@ -49,14 +50,14 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+# The longest a gateway's answer waits for its group's commit (seconds): the
+# answers of a batch are recorded together, but a slow provider's first
+# outcomes are not held back for the whole batch.
+GROUP_COMMIT_AFTER = 0.05
+
+
 class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
-
-
-def _traced() -> dict[str, str]:
-    """A job's ``request_id`` argument: the current request's, if any."""
-    request_id = current_request_id()
-    return {"request_id": request_id} if request_id else {}
 
 
 def stuck_deadline(after: float = 0.0) -> datetime:
@@ -88,6 +89,7 @@ def payment_create(
             socket_id=socket_id,
             user=user if user is not None and user.is_authenticated else None,
             recheck_at=stuck_deadline(),
+            request_id=current_request_id(),
         )
         # Creation is not pushed (the response carries it): born notified.
         PaymentEvent.objects.create(
@@ -99,7 +101,7 @@ def payment_create(
         )
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
-        tasks.process_payment.enqueue(payment_id=str(payment.id), **_traced())
+        tasks.process_payment.enqueue(payment_id=str(payment.id))
     metrics.PAYMENTS_CREATED.inc()
     logger.info("payment created id=%s amount=%s %s", payment.id, amount, currency)
     return payment
@@ -114,51 +116,80 @@ def _payment_transition(
     current: Payment | None = None,
     **fields: Any,
 ) -> Payment | None:
+    """Move one payment; ``current``: the caller's copy, moved only at its version."""
+    key = str(uuid.UUID(str(payment_id)))
+    moved = _payments_transition(
+        payment_ids=[key],
+        from_status=from_status,
+        to_status=to_status,
+        details={key: detail} if detail else None,
+        versions={key: current.version} if current is not None else None,
+        **fields,
+    )
+    return moved[0] if moved else None
+
+
+def _payments_transition(
+    *,
+    payment_ids: Iterable[uuid.UUID | str],
+    from_status: str,
+    to_status: str,
+    details: Mapping[str, dict[str, Any]] | None = None,
+    versions: Mapping[str, int] | None = None,
+    **fields: Any,
+) -> list[Payment]:
+    """Move every payment still in ``from_status`` to ``to_status``, in one transaction.
+
+    Return the payments moved, as stored. The rows are locked and read first
+    (in primary-key order, so two batches cannot deadlock), which tells which
+    rows the one UPDATE moves: three statements for the batch, where a
+    conditional UPDATE and an INSERT per payment cost two round trips each.
+    ``details`` and ``versions`` are keyed by the payment id as a string.
+    """
     if to_status not in TRANSITIONS[from_status]:
         raise InvalidTransitionError(f"{from_status} → {to_status} is not allowed")
+    # Parsed before the transaction: a malformed id raises ValueError here.
+    ids = sorted({uuid.UUID(str(payment_id)) for payment_id in payment_ids})
     now = timezone.now()
     # No savepoint when nested (a gateway call's record around it): a lost
     # race returns without raising, so there is nothing to roll back to.
     with transaction.atomic(savepoint=False):
-        rows = Payment.objects.filter(pk=payment_id, status=from_status)
-        if current is not None:
-            # The caller's copy is the row if its version still is: then the
-            # updated row is known without reading it back.
-            rows = rows.filter(version=current.version)
-        updated = rows.update(
+        rows = [
+            row
+            for row in Payment.objects.select_for_update()
+            .filter(pk__in=ids, status=from_status)
+            .order_by("pk")
+            if versions is None or versions.get(str(row.pk), row.version) == row.version
+        ]
+        if not rows:
+            return []
+        Payment.objects.filter(pk__in=[row.pk for row in rows]).update(
             status=to_status, version=F("version") + 1, updated_at=now, **fields
         )
-        if not updated:
-            return None
-        # Since when the payment was in from_status, when that is known
-        # without a query: the caller's copy, or pending's one start.
-        entered_at = current.updated_at if current is not None else None
-        if current is not None:
-            payment = copy.copy(current)
-            payment.status, payment.version, payment.updated_at = (
-                to_status,
-                current.version + 1,
-                now,
+        events = PaymentEvent.objects.bulk_create(
+            PaymentEvent(
+                payment=row,
+                from_status=from_status,
+                to_status=to_status,
+                version=row.version + 1,
+                detail=(details or {}).get(str(row.pk)) or {},
             )
+            for row in rows
+        )
+        for row, event in zip(rows, events, strict=True):
+            # Since when the payment was in from_status: its last change.
+            entered_at = row.updated_at
+            row.status, row.version, row.updated_at = to_status, row.version + 1, now
             for name, value in fields.items():
-                setattr(payment, name, value)
-        else:
-            payment = Payment.objects.get(pk=payment_id)
-            if from_status == PaymentStatus.PENDING:
-                entered_at = payment.created_at
-        event = PaymentEvent.objects.create(
-            payment=payment,
-            from_status=from_status,
-            to_status=to_status,
-            version=payment.version,
-            detail=detail or {},
-        )
-        transaction.on_commit(
-            lambda: _committed(payment, event.pk, from_status, entered_at, now),
-            robust=True,
-        )
-    logger.info("payment %s %s → %s", payment_id, from_status, to_status)
-    return payment
+                setattr(row, name, value)
+            transaction.on_commit(
+                partial(_committed, row, event.pk, from_status, entered_at, now),
+                robust=True,
+            )
+    for row in rows:
+        with request_id_bound(row.request_id):
+            logger.info("payment %s %s → %s", row.pk, from_status, to_status)
+    return rows
 
 
 def _committed(
@@ -168,20 +199,21 @@ def _committed(
     entered_at: datetime | None,
     now: datetime,
 ) -> None:
-    # Counted before the push: once a client sees it, the figures have moved.
-    try:
-        metrics.observe_transition(
-            from_status=from_status,
-            to_status=payment.status,
-            terminal=payment.status in TERMINAL_STATUSES,
-            now=now,
-            created_at=payment.created_at,
-            entered_at=entered_at,
-        )
-    except Exception:
-        # A figure is not worth a push waiting for redelivery.
-        logger.exception("transition metrics failed payment=%s", payment.id)
-    payment_notify(payment=payment, event_ids=[event_id])
+    with request_id_bound(payment.request_id):
+        # Counted before the push: once a client sees it, the figures have moved.
+        try:
+            metrics.observe_transition(
+                from_status=from_status,
+                to_status=payment.status,
+                terminal=payment.status in TERMINAL_STATUSES,
+                now=now,
+                created_at=payment.created_at,
+                entered_at=entered_at,
+            )
+        except Exception:
+            # A figure is not worth a push waiting for redelivery.
+            logger.exception("transition metrics failed payment=%s", payment.id)
+        payment_notify(payment=payment, event_ids=[event_id])
 
 
 def payment_notify(*, payment: Payment, event_ids: list[int]) -> bool:
@@ -258,33 +290,75 @@ def payment_process(*, payment_id: uuid.UUID | str) -> None:
 
     Safe to run again for the same payment: a second run finds it processing
     and charges through the gateway's idempotency on the payment id, or finds
-    it terminal and does nothing.
+    it terminal and does nothing. The gateway's error is raised on, so that
+    the job records it.
     """
-    payment = payment_start_processing(payment_id=payment_id)
-    if payment is None:
-        payment = _processing_payment(payment_id)
-    if payment is not None:
-        _payment_ask_gateway(payment, "charge")
+    errors = payments_process(payment_ids=[payment_id])
+    for error in errors.values():
+        raise error
 
 
-def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
-    """Ask the gateway for the outcome of a processing payment and apply it."""
-    payment = _processing_payment(payment_id)
-    if payment is not None:
-        _payment_ask_gateway(payment, "retrieve")
+def payments_process(*, payment_ids: Sequence[uuid.UUID | str]) -> dict[str, Exception]:
+    """Process a batch of payments as ``payment_process`` does each one.
+
+    Return the error of each payment whose charge raised, by its id as a
+    string; the others were charged and their outcomes applied. The batch's
+    ``processing`` transitions are one transaction, each charge is its own
+    gateway call, and their records and outcomes commit together
+    (``_payments_record_answers``), a group at most GROUP_COMMIT_AFTER
+    seconds old, so a slow gateway does not hold back the first outcomes.
+    The worker claims its queued jobs in batches for this
+    (payments.worker.worker): per payment, one job's claim, run and result
+    each cost a commit.
+    """
+    ids = {str(uuid.UUID(str(payment_id))) for payment_id in payment_ids}
+    processing = _payments_transition(
+        payment_ids=ids,
+        from_status=PaymentStatus.PENDING,
+        to_status=PaymentStatus.PROCESSING,
+        recheck_at=stuck_deadline(),
+    )
+    # Processing already: an earlier run of the same job died before the
+    # charge was recorded. Charged again too, idempotently.
+    rest = ids - {str(payment.pk) for payment in processing}
+    if rest:
+        processing += Payment.objects.filter(
+            pk__in=rest, status=PaymentStatus.PROCESSING
+        )
+    return _payments_ask_gateway(processing, "charge", get_gateway().charge)
 
 
-def _processing_payment(payment_id: uuid.UUID | str) -> Payment | None:
-    return Payment.objects.filter(
-        pk=payment_id, status=PaymentStatus.PROCESSING
-    ).first()
-
-
-def _payment_ask_gateway(payment: Payment, operation: str) -> None:
-    """Call the gateway's ``charge`` or ``retrieve`` and apply the outcome."""
-    method = getattr(get_gateway(), operation)
-    result, call = _gateway_call(payment, operation, lambda: method(payment=payment))
-    _payment_apply_result(payment, result, call)
+def _payments_ask_gateway(
+    payments: list[Payment], operation: str, method: Callable[..., GatewayResult]
+) -> dict[str, Exception]:
+    """Ask the gateway for each payment; record and apply the answers in groups."""
+    errors: dict[str, Exception] = {}
+    answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
+    group_started = time.monotonic()
+    for payment in payments:
+        with request_id_bound(payment.request_id):
+            try:
+                result, call = _gateway_call(
+                    payment, operation, lambda p=payment: method(payment=p)
+                )
+            except Exception as exc:
+                # GatewayError or not (a provider's library raising its own):
+                # one payment's failure is not the batch's, nor the worker's.
+                logger.warning(
+                    "gateway %s failed payment=%s; recovery retries it",
+                    operation,
+                    payment.id,
+                    exc_info=True,
+                )
+                errors[str(payment.id)] = exc
+                continue
+        answered.append((payment, result, call))
+        if time.monotonic() - group_started >= GROUP_COMMIT_AFTER:
+            _payments_record_answers(answered)
+            answered, group_started = [], time.monotonic()
+    if answered:
+        _payments_record_answers(answered)
+    return errors
 
 
 def _gateway_call(
@@ -309,39 +383,80 @@ def _gateway_call(
     return result, record
 
 
-def _payment_apply_result(
-    payment: Payment, result: GatewayResult, call: GatewayCall
+def _payments_record_answers(
+    answered: list[tuple[Payment, GatewayResult, GatewayCall]],
 ) -> None:
-    # The call's record commits with what it decided: one write transaction
-    # fewer per gateway call.
-    # A job that dies before the commit repeats the call, which is
-    # idempotent, and records it then.
+    """Record the gateway's answers and apply them: one transaction for them all.
+
+    Each call's record commits with what it decided, and independent
+    transitions share the commit. A worker that dies before it repeats the
+    calls (they are idempotent) and records them then.
+    """
     with transaction.atomic():
-        call.save()
-        _payment_apply_outcome(payment, result)
+        GatewayCall.objects.bulk_create([call for _, _, call in answered])
+        _payments_apply_outcomes([(payment, result) for payment, result, _ in answered])
 
 
-def _payment_apply_outcome(payment: Payment, result: GatewayResult) -> None:
-    """Settle the payment as the gateway says, or set when to ask again."""
-    if result.outcome == Outcome.SUCCEEDED:
-        payment_mark_succeeded(
-            payment_id=payment.id, detail=result.data, current=payment
+def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> None:
+    """Settle each payment as the gateway says, or set when to ask again."""
+    succeeded = {
+        str(p.id): r.data for p, r in answers if r.outcome == Outcome.SUCCEEDED
+    }
+    if succeeded:
+        _payments_transition(
+            payment_ids=succeeded,
+            from_status=PaymentStatus.PROCESSING,
+            to_status=PaymentStatus.SUCCEEDED,
+            details=succeeded,
         )
-    elif result.outcome == Outcome.FAILED:
-        payment_mark_failed(
-            payment_id=payment.id,
-            failure_code=result.failure_code,
-            failure_message=result.failure_message,
-            detail=result.data,
-            current=payment,
+    failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for payment, result in answers:
+        if result.outcome == Outcome.FAILED:
+            reason = (result.failure_code, result.failure_message[:255])
+            failed.setdefault(reason, {})[str(payment.id)] = result.data
+    for (code, message), details in failed.items():
+        _payments_transition(
+            payment_ids=details,
+            from_status=PaymentStatus.PROCESSING,
+            to_status=PaymentStatus.FAILED,
+            details=details,
+            failure_code=code,
+            failure_message=message,
         )
-    else:
-        # Not settled yet: the worker's settle sweep asks again when it is
-        # due, so no worker sits waiting for the provider.
-        Payment.objects.filter(pk=payment.id, status=PaymentStatus.PROCESSING).update(
-            settle_at=timezone.now() + timedelta(seconds=result.retry_after),
-            recheck_at=stuck_deadline(result.retry_after),
+    # Not settled yet: the worker's settle sweep asks again when it is due,
+    # so no worker sits waiting for the provider. One UPDATE for them all.
+    now = timezone.now()
+    later = [
+        (payment.pk, r.retry_after)
+        for payment, r in answers
+        if r.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED)
+    ]
+    if later:
+        Payment.objects.filter(
+            pk__in=[pk for pk, _ in later], status=PaymentStatus.PROCESSING
+        ).update(
+            settle_at=Case(
+                *(
+                    When(pk=pk, then=Value(now + timedelta(seconds=after)))
+                    for pk, after in later
+                ),
+                output_field=DateTimeField(),
+            ),
+            recheck_at=Case(
+                *(When(pk=pk, then=Value(stuck_deadline(a))) for pk, a in later),
+                output_field=DateTimeField(),
+            ),
         )
+
+
+def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
+    """Ask the gateway for the outcome of a processing payment and apply it."""
+    payments = list(
+        Payment.objects.filter(pk=payment_id, status=PaymentStatus.PROCESSING)
+    )
+    errors = _payments_ask_gateway(payments, "retrieve", get_gateway().retrieve)
+    for error in errors.values():
+        raise error
 
 
 def payments_settle_due(*, limit: int = 100) -> int:
@@ -351,11 +466,12 @@ def payments_settle_due(*, limit: int = 100) -> int:
     transaction claims up to ``limit`` payments whose ``settle_at`` has come
     (``SKIP LOCKED`` on PostgreSQL, so workers sweeping together take
     different ones; SQLite's one writer serialises them; a claim clears
-    ``settle_at`` and moves ``recheck_at`` on), the gateway is asked for each, and one
-    transaction records every answer and applies the outcomes: the same
-    conditional transitions and events as a job, a commit for the batch
-    instead of a job (claim, run, result) per payment. A sweep that dies after
-    its claim leaves the payments to recovery at their ``recheck_at``, which
+    ``settle_at`` and moves ``recheck_at`` on), the gateway is asked for each,
+    and the answers are recorded and applied as a charge's are
+    (``_payments_record_answers``): the same conditional transitions and
+    events as a job, a commit for the batch instead of a job (claim, run,
+    result) per payment. A payment whose retrieve raised is left to recovery
+    at its ``recheck_at``, as is a sweep that dies after its claim; recovery
     charges again through the gateway's idempotency.
     """
     now = timezone.now()
@@ -378,28 +494,7 @@ def payments_settle_due(*, limit: int = 100) -> int:
         Payment.objects.filter(pk__in=[p.pk for p in due]).update(
             settle_at=None, recheck_at=stuck_deadline()
         )
-    gateway = get_gateway()
-    answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
     for payment in due:
         payment.settle_at = None
-        try:
-            result, call = _gateway_call(
-                payment, "retrieve", lambda p=payment: gateway.retrieve(payment=p)
-            )
-        except Exception:
-            # GatewayError or not (a provider's library raising its own): one
-            # payment's failure is not the batch's, nor the worker's.
-            logger.warning(
-                "gateway retrieve failed payment=%s; recovery retries it",
-                payment.id,
-                exc_info=True,
-            )
-            continue
-        answered.append((payment, result, call))
-    # Independent transitions, one commit: the batch's records and outcomes
-    # land together or, on an error, not at all (recovery then retries).
-    with transaction.atomic():
-        GatewayCall.objects.bulk_create([call for _, _, call in answered])
-        for payment, result, _ in answered:
-            _payment_apply_outcome(payment, result)
+    _payments_ask_gateway(due, "retrieve", get_gateway().retrieve)
     return len(due)

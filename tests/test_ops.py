@@ -12,12 +12,11 @@ from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client
 from django.utils import timezone
-from django_tasks_db.models import DBTaskResult
 from prometheus_client import REGISTRY
 
 from ops import readiness
 from payments.api.throttling import PaymentCreateAnonThrottle
-from payments.models import WorkerHeartbeat
+from payments.models import Payment, WorkerHeartbeat
 from payments.worker.heartbeat import heartbeat_register
 from realtime.server import AccessLog
 from tests.live import free_port
@@ -263,7 +262,9 @@ def test_throttle_refusals_are_counted_by_scope(
 # Request ids ----------------------------------------------------------------
 
 
-def test_a_valid_request_id_is_kept_and_travels_into_the_job(client: Client) -> None:
+def test_a_valid_request_id_is_kept_and_travels_with_the_payment(
+    client: Client,
+) -> None:
     response = client.post(
         "/api/payments/",
         {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"},
@@ -273,8 +274,8 @@ def test_a_valid_request_id_is_kept_and_travels_into_the_job(client: Client) -> 
 
     assert response.status_code == 202
     assert response["X-Request-ID"] == "trace-1234.abcd"
-    job = DBTaskResult.objects.get()
-    assert job.args_kwargs["kwargs"]["request_id"] == "trace-1234.abcd"
+    payment = Payment.objects.get(pk=response.json()["id"])
+    assert payment.request_id == "trace-1234.abcd"
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,16 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.tasks import TaskResultStatus
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from payments import services
-from payments.models import Payment, SimulatedCharge
+from payments import services, tasks
+from payments.gateways.simulated import SimulatedGateway
+from payments.models import GatewayCall, Payment, PaymentEvent, SimulatedCharge
+from payments.worker.mark_writer import marks_batched
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 
 
@@ -97,7 +101,7 @@ def test_finished_jobs_are_pruned_and_waiting_ones_kept(settings) -> None:
     settings.PAYMENTS_SIMULATED_DELAY = 0  # settled by the charge, no sweep
     services.payment_create(amount=1000, currency="usd", payment_method="pm_card_visa")
     worker = make_worker()
-    worker.run_task(worker._claim())
+    worker._run_claimed(worker._claim_batch())
     waiting = services.payment_create(
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )
@@ -122,7 +126,7 @@ def test_idle_worker_waits_until_the_next_outcome_is_due(settings) -> None:
     payment = services.payment_create(
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )
-    worker.run_task(worker._claim())
+    worker._run_claimed(worker._claim_batch())
 
     assert 0 < worker._idle_timeout() <= 0.5
     payment.refresh_from_db()
@@ -136,7 +140,7 @@ def test_worker_loop_settles_due_payments_between_jobs(settings) -> None:
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )
     worker = make_worker()
-    worker.run_task(worker._claim())
+    worker._run_claimed(worker._claim_batch())
     past = timezone.now() - timedelta(seconds=1)
     SimulatedCharge.objects.filter(payment_id=payment.id).update(settles_at=past)
     Payment.objects.filter(pk=payment.id).update(settle_at=past)
@@ -145,3 +149,192 @@ def test_worker_loop_settles_due_payments_between_jobs(settings) -> None:
 
     payment.refresh_from_db()
     assert payment.status == "succeeded"
+
+
+# Jobs in batches -------------------------------------------------------------
+
+
+def enqueued_payments(*methods: str) -> list[Payment]:
+    return [
+        services.payment_create(amount=1000, currency="usd", payment_method=method)
+        for method in methods
+    ]
+
+
+def job_statuses() -> dict[str, str]:
+    return {
+        kw["kwargs"]["payment_id"]: status
+        for status, kw in DBTaskResult.objects.values_list("status", "args_kwargs")
+    }
+
+
+@pytest.mark.django_db
+def test_one_claim_runs_every_queued_payment_job_and_records_each_result() -> None:
+    visa, declined = enqueued_payments("pm_card_visa", "pm_card_chargeDeclined")
+    worker = make_worker()
+
+    claimed = worker._claim_batch()
+    assert {job.status for job in DBTaskResult.objects.all()} == {"RUNNING"}
+    worker._run_claimed(claimed)
+
+    assert len(claimed) == 2
+    assert worker._run_tasks == 2
+    assert job_statuses() == {
+        str(visa.id): "SUCCESSFUL",
+        str(declined.id): "SUCCESSFUL",
+    }
+    statuses = dict(Payment.objects.values_list("id", "status"))
+    assert statuses == {visa.id: "succeeded", declined.id: "failed"}
+    for payment in (visa, declined):
+        history = PaymentEvent.objects.filter(payment=payment).order_by("version")
+        assert [(e.from_status, e.to_status, e.version) for e in history] == [
+            ("", "pending", 1),
+            ("pending", "processing", 2),
+            ("processing", Payment.objects.get(pk=payment.pk).status, 3),
+        ]
+    assert GatewayCall.objects.filter(operation="charge").count() == 2
+    assert worker._claim_batch() == []
+
+
+@pytest.mark.django_db
+def test_a_batch_costs_the_same_statements_whatever_its_size() -> None:
+    """The batch's steps are a few statements whatever its size."""
+
+    def statements_to_process(count: int) -> int:
+        enqueued_payments(*["pm_card_visa"] * count)
+        worker = make_worker()
+        # The outbox marks batched, as in db_worker (its own thread).
+        with marks_batched(), CaptureQueriesContext(connection) as queries:
+            worker._run_claimed(worker._claim_batch())
+        assert Payment.objects.filter(status="succeeded").count() == count
+        Payment.objects.update(status="canceled")  # out of the next count's way
+        # The simulated gateway's charge is its own INSERT, the provider's
+        # work (a savepoint around it here, in the test's transaction).
+        return sum(
+            "simulatedcharge" not in q["sql"] and "SAVEPOINT" not in q["sql"]
+            for q in queries.captured_queries
+        )
+
+    assert statements_to_process(2) == statements_to_process(10)
+
+
+class ChargeRaisesGateway(SimulatedGateway):
+    """A provider whose client library raises for one card."""
+
+    def charge(self, *, payment):
+        if payment.payment_method == "pm_card_mastercard":
+            raise ConnectionError("provider unreachable")
+        return super().charge(payment=payment)
+
+
+@pytest.mark.django_db
+def test_a_charge_that_raises_fails_its_own_job_only(settings) -> None:
+    settings.PAYMENTS_GATEWAY = f"{__name__}.ChargeRaisesGateway"
+    failing, fine = enqueued_payments("pm_card_mastercard", "pm_card_visa")
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    assert job_statuses() == {str(failing.id): "FAILED", str(fine.id): "SUCCESSFUL"}
+    job = DBTaskResult.objects.get(args_kwargs__kwargs__payment_id=str(failing.id))
+    assert job.exception_class_path == "builtins.ConnectionError"
+    failing.refresh_from_db()
+    fine.refresh_from_db()
+    # Left processing for recovery at its deadline, which charges again.
+    assert failing.status == "processing"
+    assert failing.recheck_at > timezone.now()
+    assert fine.status == "succeeded"
+
+
+@pytest.mark.django_db
+def test_two_jobs_of_one_payment_in_a_batch_both_finish_and_charge_once() -> None:
+    [payment] = enqueued_payments("pm_card_visa")
+    tasks.process_payment.enqueue(payment_id=str(payment.id))  # recovery's, say
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    assert [s for (s,) in DBTaskResult.objects.values_list("status")] == [
+        "SUCCESSFUL",
+        "SUCCESSFUL",
+    ]
+    assert SimulatedCharge.objects.filter(payment_id=payment.id).count() == 1
+    assert PaymentEvent.objects.filter(payment=payment).count() == 3
+
+
+@pytest.mark.django_db
+def test_a_malformed_job_runs_alone_and_fails_alone() -> None:
+    [payment] = enqueued_payments("pm_card_visa")
+    tasks.process_payment.enqueue(payment_id="not-a-uuid")
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    assert job_statuses() == {str(payment.id): "SUCCESSFUL", "not-a-uuid": "FAILED"}
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+
+
+@pytest.mark.django_db
+def test_a_batch_claims_no_more_than_max_tasks_leaves() -> None:
+    enqueued_payments(*["pm_card_visa"] * 3)
+    worker = make_worker()
+    worker.max_tasks = 2
+
+    assert len(worker._claim_batch()) == 2
+    assert DBTaskResult.objects.filter(status="READY").count() == 1
+
+
+@pytest.mark.django_db
+def test_charges_left_pending_each_wait_for_their_own_outcome(settings) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    first = enqueued_payments("pm_card_visa")
+    settings.PAYMENTS_SIMULATED_DELAY = 50
+    second = enqueued_payments("pm_card_visa")
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    for [payment] in (first, second):
+        payment.refresh_from_db()
+        charge = SimulatedCharge.objects.get(payment_id=payment.id)
+        assert payment.status == "processing"
+        assert abs((payment.settle_at - charge.settles_at).total_seconds()) < 1
+        assert payment.recheck_at > payment.settle_at
+
+
+class OutcomeSeenGateway(SimulatedGateway):
+    """Notes, at each charge, the payments already settled in the database."""
+
+    settled_before: dict[str, list[str]] = {}
+
+    def charge(self, *, payment):
+        OutcomeSeenGateway.settled_before[payment.description] = sorted(
+            Payment.objects.filter(status="succeeded").values_list(
+                "description", flat=True
+            )
+        )
+        return super().charge(payment=payment)
+
+
+@pytest.mark.django_db
+def test_a_slow_gateways_answers_commit_before_the_batch_ends(
+    settings, monkeypatch
+) -> None:
+    """A group's answers commit once GROUP_COMMIT_AFTER has passed."""
+    settings.PAYMENTS_GATEWAY = f"{__name__}.OutcomeSeenGateway"
+    monkeypatch.setattr(services, "GROUP_COMMIT_AFTER", 0.0)
+    monkeypatch.setattr(OutcomeSeenGateway, "settled_before", {})
+    for name in ("first", "second"):
+        services.payment_create(
+            amount=1000, currency="usd", payment_method="pm_card_visa", description=name
+        )
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    charged_first, charged_second = sorted(
+        OutcomeSeenGateway.settled_before.items(), key=lambda seen: len(seen[1])
+    )
+    assert charged_first[1] == []
+    assert charged_second[1] == [charged_first[0]]  # committed before this charge

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+import uuid
 from types import FrameType
 
 from django.conf import settings
@@ -15,9 +16,13 @@ from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django_tasks_db.management.commands.db_worker import Worker, logger
 from django_tasks_db.models import DBTaskResult, get_date_max
-from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
+from django_tasks_db.utils import (
+    exclusive_transaction,
+    is_locked_database_exception,
+    retry,
+)
 
-from payments import selectors, services
+from payments import selectors, services, tasks
 from payments.worker.wakeup import WakeupListener
 
 # The settle sweep (services.payments_settle_due) looks for due outcomes at
@@ -29,6 +34,13 @@ from payments.worker.wakeup import WakeupListener
 # outcome 50 ms on average.
 SETTLE_CHECK_INTERVAL = 0.1
 SETTLE_BATCH = 100
+# Jobs claimed per transaction. The payments of the process_payment jobs
+# among them are processed together (services.payments_process): a commit
+# per step for the batch, where one job at a time cost a claim, three
+# transitions' commits and a result each. A worker takes what is queued, so
+# a busy queue makes the batches and an idle one runs each job as it comes.
+CLAIM_BATCH = 50
+PROCESS_PAYMENT = tasks.process_payment.module_path
 
 
 def keep_connections_between_jobs() -> None:
@@ -86,9 +98,9 @@ class WakeableWorker(Worker):
                 self._settle_due()
                 if not self.running:
                     break  # SIGTERM during the sweep: no new job
-                task_result = self._claim()
-                if task_result is not None:
-                    self.run_task(task_result)
+                claimed = self._claim_batch()
+                if claimed:
+                    self._run_claimed(claimed)
                 if self.max_tasks is not None and self._run_tasks >= self.max_tasks:
                     logger.info(
                         "Run maximum tasks (%d) on worker=%s - exiting gracefully.",
@@ -97,7 +109,7 @@ class WakeableWorker(Worker):
                     )
                     return
                 close_old_connections()
-                if self.running and task_result is None:
+                if self.running and not claimed:
                     timeout = self._idle_timeout()
                     self._waiting = True
                     try:
@@ -186,17 +198,106 @@ class WakeableWorker(Worker):
             )
         return max(0.0, min(waits))
 
-    def _claim(self) -> DBTaskResult | None:
+    def _claim_batch(self) -> list[DBTaskResult]:
+        """Claim up to CLAIM_BATCH ready jobs (at most what --max-tasks leaves)."""
+        limit = CLAIM_BATCH
+        if self.max_tasks is not None:
+            limit = min(limit, self.max_tasks - self._run_tasks)
         tasks = self._tasks().ready()
         with exclusive_transaction(tasks.db):
             try:
-                task_result = tasks.get_locked()
-                if task_result is not None:
-                    # Claimed, so no other worker process runs it.
-                    task_result.claim(self.worker_id)
-                return task_result
+                claimed = list(tasks.select_for_update(skip_locked=True)[:limit])
             except OperationalError as exc:
                 # A locked SQLite database unlocks eventually; try again.
                 if is_locked_database_exception(exc):
-                    return None
+                    return []
                 raise
+            # Claimed, so no other worker process runs them: DBTaskResult.claim
+            # for each, one UPDATE for the jobs that share a history of claims
+            # (all of them, but for a job run again).
+            now = timezone.now()
+            by_history: dict[tuple[str, ...], list[DBTaskResult]] = {}
+            for job in claimed:
+                by_history.setdefault(tuple(job.worker_ids), []).append(job)
+                job.status = TaskResultStatus.RUNNING
+                job.started_at = now
+                job.worker_ids = [*job.worker_ids, self.worker_id]
+            for history, jobs in by_history.items():
+                DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
+                    status=TaskResultStatus.RUNNING,
+                    started_at=now,
+                    worker_ids=[*history, self.worker_id],
+                )
+        return claimed
+
+    def _run_claimed(self, claimed: list[DBTaskResult]) -> None:
+        """Run claimed jobs: process_payment's together, any other one by one."""
+        payment_jobs = [job for job in claimed if _is_plain_payment_job(job)]
+        for job in claimed:
+            if job not in payment_jobs:
+                self.run_task(job)
+        if payment_jobs:
+            self._run_payment_jobs(payment_jobs)
+
+    def _run_payment_jobs(self, jobs: list[DBTaskResult]) -> None:
+        """Run process_payment jobs as one batch; record each job's result.
+
+        As run_task does for one job: a job whose payment's charge raised is
+        failed with that error (recovery enqueues its payment again at its
+        deadline), the others succeed, in one UPDATE; an error of the whole
+        batch (the database went away) fails them all.
+        """
+        self.running_task = True
+        try:
+            payment_ids = [_job_payment_id(job) for job in jobs]
+            errors = services.payments_process(payment_ids=payment_ids)
+            succeeded = []
+            for job, payment_id in zip(jobs, payment_ids, strict=True):
+                if payment_id in errors:
+                    job.set_failed(errors[payment_id])
+                else:
+                    succeeded.append(job)
+            _jobs_set_successful(succeeded)
+        except BaseException as exc:  # as run_task: recorded, not raised
+            logger.exception("payment jobs failed: %s", [str(job.id) for job in jobs])
+            for job in jobs:
+                job.set_failed(exc)
+        finally:
+            self.running_task = False
+            self._run_tasks += len(jobs)
+
+
+def _job_payment_id(job: DBTaskResult) -> str:
+    return str(uuid.UUID(job.args_kwargs["kwargs"]["payment_id"]))
+
+
+def _is_plain_payment_job(job: DBTaskResult) -> bool:
+    """A process_payment job with only the arguments this release knows.
+
+    Any other (a malformed id, say) runs alone, so that its error is its own.
+    """
+    kwargs = job.args_kwargs.get("kwargs", {})
+    if (
+        job.task_path != PROCESS_PAYMENT
+        or job.args_kwargs.get("args")
+        or not set(kwargs) <= {"payment_id", "request_id"}
+    ):
+        return False
+    try:
+        _job_payment_id(job)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+@retry()
+def _jobs_set_successful(jobs: list[DBTaskResult]) -> None:
+    """DBTaskResult.set_successful for many jobs (which return None): one UPDATE."""
+    if jobs:
+        DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
+            status=TaskResultStatus.SUCCESSFUL,
+            finished_at=timezone.now(),
+            return_value=None,
+            exception_class_path="",
+            traceback="",
+        )
