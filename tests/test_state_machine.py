@@ -11,6 +11,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
+from ops.request_id import RequestIdFilter, request_id_bound
 from payments import services
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import (
@@ -764,3 +765,35 @@ def test_refresh_of_payment_not_processing_does_nothing(status):
     assert payment.version == 1
     assert GatewayCall.objects.count() == 0
     assert DBTaskResult.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_the_settle_sweep_logs_each_outcome_with_its_payments_request_id(
+    settings, caplog
+):
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payments = []
+    for request_id in ("req-one", "req-two"):
+        with request_id_bound(request_id):
+            payments.append(
+                services.payment_create(
+                    amount=1000, currency="usd", payment_method="pm_card_visa"
+                )
+            )
+    for payment in payments:
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(*payments)
+    caplog.handler.addFilter(RequestIdFilter())
+
+    with caplog.at_level("INFO", logger="payments.services"):
+        assert services.payments_settle_due() == 2
+
+    settled = {
+        record.getMessage(): record.request_id
+        for record in caplog.records
+        if "→ succeeded" in record.getMessage()
+    }
+    assert settled == {
+        f"payment {payments[0].id} processing → succeeded": "req-one",
+        f"payment {payments[1].id} processing → succeeded": "req-two",
+    }
