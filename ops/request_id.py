@@ -2,9 +2,10 @@
 
 The id is the client's (or the proxy's) ``X-Request-ID`` when it is a plain
 token, else a new one; it is answered in the same header. Code running for
-the request, and the jobs it enqueues (their ``request_id`` argument,
-payments.tasks), log with it, so one payment can be followed from its POST
-through the worker to its push.
+the request logs with it, and a payment stores the id of the request that
+created it (``Payment.request_id``), which the worker binds for that
+payment's lines, so one payment can be followed from its POST through the
+worker to its push.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Background jobs: each takes a payment id and calls a service.
 
-``request_id`` is the id of the request that led to the job (ops.request_id),
-so the worker's log lines for it carry the same id as the web's.
+The worker's log lines for a payment carry the id of the request that created
+it, stored with the payment (``Payment.request_id``). The ``request_id``
+argument is for jobs enqueued by an earlier release, which passed it here.
+The worker runs queued ``process_payment`` jobs in batches through
+``services.payments_process`` (payments.worker.worker); this function runs
+one, as another task backend would.
 """
 
 from django.tasks import task

@@ -213,28 +213,24 @@ class WakeableWorker(Worker):
                     return []
                 raise
             # Claimed, so no other worker process runs them: DBTaskResult.claim
-            # for each, one UPDATE for the jobs that share a history of claims
-            # (all of them, but for a job run again).
+            # for each, in one UPDATE.
             now = timezone.now()
-            by_history: dict[tuple[str, ...], list[DBTaskResult]] = {}
             for job in claimed:
-                by_history.setdefault(tuple(job.worker_ids), []).append(job)
                 job.status = TaskResultStatus.RUNNING
                 job.started_at = now
                 job.worker_ids = [*job.worker_ids, self.worker_id]
-            for history, jobs in by_history.items():
-                DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
-                    status=TaskResultStatus.RUNNING,
-                    started_at=now,
-                    worker_ids=[*history, self.worker_id],
-                )
+            DBTaskResult.objects.bulk_update(
+                claimed, ["status", "started_at", "worker_ids"]
+            )
         return claimed
 
     def _run_claimed(self, claimed: list[DBTaskResult]) -> None:
         """Run claimed jobs: process_payment's together, any other one by one."""
-        payment_jobs = [job for job in claimed if _is_plain_payment_job(job)]
+        payment_jobs = []
         for job in claimed:
-            if job not in payment_jobs:
+            if _is_plain_payment_job(job):
+                payment_jobs.append(job)
+            else:
                 self.run_task(job)
         if payment_jobs:
             self._run_payment_jobs(payment_jobs)
