@@ -24,7 +24,9 @@ BaseCommand().check(tags=["payments"])
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
 
+from ops.heap import freeze_startup_objects  # noqa: E402
 from realtime.routing import (  # noqa: E402
     HttpRouter,
     WebsocketRouter,
@@ -52,3 +54,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# The URLconf is loaded lazily by the first request: loaded now, it is frozen
+# with the rest of what the process serves with.
+get_resolver().url_patterns  # noqa: B018
+freeze_startup_objects()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
 from collections.abc import Iterator
@@ -322,3 +323,10 @@ def test_config_asgi_serves_http_with_it() -> None:
     from config.asgi import django_asgi_app
 
     assert isinstance(django_asgi_app, SyncStackASGIHandler)
+
+
+def test_config_asgi_freezes_what_it_loaded_out_of_the_collectors_way() -> None:
+    import config.asgi  # noqa: F401
+
+    # A full collection would otherwise traverse all of it (ops.heap).
+    assert gc.get_freeze_count() > 0

@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
+from ops.heap import freeze_startup_objects
 from ops.metrics import serve_worker
 from payments import services
 from payments.worker import mark_writer
@@ -96,6 +97,7 @@ class Command(DBWorkerCommand):
             worker_id=options["worker_id"],
             excluded_queue_names=excluded,
         )
+        freeze_startup_objects()
         if options["reload"]:
             if os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
                 worker.configure_signals()  # in the reloaded child only
