@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, DateTimeField, F, Value, When
+from django.db.models import F
 from django.utils import timezone
 
 from ops import metrics
@@ -54,6 +54,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # answers of a batch are recorded together, but a slow provider's first
 # outcomes are not held back for the whole batch.
 GROUP_COMMIT_AFTER = 0.05
+# When the gateway says to ask again, rounded up to this: a pending charge
+# is asked at most this much later than it said, and a group's answers share
+# a few times (_payments_apply_outcomes). The sweep looks every 0.1 s anyway.
+SETTLE_AT_GRANULARITY = timedelta(milliseconds=10)
 
 
 class InvalidTransitionError(ValueError):
@@ -424,29 +428,30 @@ def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> No
             failure_message=message,
         )
     # Not settled yet: the worker's settle sweep asks again when it is due,
-    # so no worker sits waiting for the provider. One UPDATE for them all.
+    # so no worker sits waiting for the provider. One UPDATE per distinct
+    # time, not a CASE with a WHEN per payment: Django resolving the WHENs
+    # was 11 % of the worker's samples at gateway 10 s (py-spy, workload A).
+    # A group's answers come within GROUP_COMMIT_AFTER of each other, so
+    # rounded up to SETTLE_AT_GRANULARITY their times are a few.
     now = timezone.now()
-    later = [
-        (payment.pk, r.retry_after)
-        for payment, r in answers
-        if r.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED)
-    ]
-    if later:
-        Payment.objects.filter(
-            pk__in=[pk for pk, _ in later], status=PaymentStatus.PROCESSING
-        ).update(
-            settle_at=Case(
-                *(
-                    When(pk=pk, then=Value(now + timedelta(seconds=after)))
-                    for pk, after in later
-                ),
-                output_field=DateTimeField(),
-            ),
-            recheck_at=Case(
-                *(When(pk=pk, then=Value(stuck_deadline(a))) for pk, a in later),
-                output_field=DateTimeField(),
-            ),
+    due_times: dict[datetime, list[Any]] = {}
+    for payment, result in answers:
+        if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
+            settle_at = _round_up(
+                now + timedelta(seconds=result.retry_after), SETTLE_AT_GRANULARITY
+            )
+            due_times.setdefault(settle_at, []).append(payment.pk)
+    for settle_at, pks in due_times.items():
+        Payment.objects.filter(pk__in=pks, status=PaymentStatus.PROCESSING).update(
+            settle_at=settle_at,
+            recheck_at=settle_at + timedelta(seconds=settings.PAYMENTS_STUCK_AFTER),
         )
+
+
+def _round_up(moment: datetime, step: timedelta) -> datetime:
+    """Return ``moment`` rounded up to a multiple of ``step`` since the epoch."""
+    epoch = datetime(1970, 1, 1, tzinfo=moment.tzinfo)
+    return moment + (epoch - moment) % step
 
 
 def payment_refresh(*, payment_id: uuid.UUID | str) -> None:

@@ -128,7 +128,9 @@ def test_idle_worker_waits_until_the_next_outcome_is_due(settings) -> None:
     )
     worker._run_claimed(worker._claim_batch())
 
-    assert 0 < worker._idle_timeout() <= 0.5
+    # Asked again when the gateway said, rounded up (SETTLE_AT_GRANULARITY).
+    rounding = services.SETTLE_AT_GRANULARITY.total_seconds()
+    assert 0 < worker._idle_timeout() <= 0.5 + rounding
     payment.refresh_from_db()
     assert payment.status == "processing"
 
@@ -301,6 +303,33 @@ def test_charges_left_pending_each_wait_for_their_own_outcome(settings) -> None:
         assert payment.status == "processing"
         assert abs((payment.settle_at - charge.settles_at).total_seconds()) < 1
         assert payment.recheck_at > payment.settle_at
+
+
+@pytest.mark.django_db
+def test_pending_charges_share_one_update_per_time_and_none_is_asked_early(
+    settings,
+) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    enqueued_payments(*["pm_card_visa"] * 10)
+    worker = make_worker()
+
+    with CaptureQueriesContext(connection) as queries:
+        worker._run_claimed(worker._claim_batch())
+
+    payments = list(Payment.objects.all())
+    times = {payment.settle_at for payment in payments}
+    updates = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith('UPDATE "payments_payment"') and "settle_at" in q["sql"]
+    ]
+    assert len(updates) == len(times) < len(payments)
+    for payment in payments:
+        charge = SimulatedCharge.objects.get(payment_id=payment.id)
+        # Never before the gateway's time; at most its rounding after it.
+        late = payment.settle_at - charge.settles_at
+        assert timedelta(0) <= late < timedelta(seconds=1)
+        assert payment.settle_at.microsecond % 10_000 == 0
 
 
 class OutcomeSeenGateway(SimulatedGateway):

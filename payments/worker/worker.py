@@ -213,15 +213,22 @@ class WakeableWorker(Worker):
                     return []
                 raise
             # Claimed, so no other worker process runs them: DBTaskResult.claim
-            # for each, in one UPDATE.
+            # for each, in one UPDATE per earlier list of workers (a job run
+            # before has its own; new ones share the empty list), not
+            # bulk_update's CASE with a WHEN per job.
             now = timezone.now()
+            by_workers: dict[tuple[str, ...], list[DBTaskResult]] = {}
             for job in claimed:
                 job.status = TaskResultStatus.RUNNING
                 job.started_at = now
+                by_workers.setdefault(tuple(job.worker_ids), []).append(job)
                 job.worker_ids = [*job.worker_ids, self.worker_id]
-            DBTaskResult.objects.bulk_update(
-                claimed, ["status", "started_at", "worker_ids"]
-            )
+            for earlier, jobs in by_workers.items():
+                DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
+                    status=TaskResultStatus.RUNNING,
+                    started_at=now,
+                    worker_ids=[*earlier, self.worker_id],
+                )
         return claimed
 
     def _run_claimed(self, claimed: list[DBTaskResult]) -> None:
