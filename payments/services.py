@@ -55,8 +55,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # outcomes are not held back for the whole batch.
 GROUP_COMMIT_AFTER = 0.05
 # When the gateway says to ask again, rounded up to this: a pending charge
-# is asked at most this much later than it said, and a group's answers share
-# a few times (_payments_apply_outcomes). The sweep looks every 0.1 s anyway.
+# is asked at most this much later than its answer said, and answers with
+# the same wait share one UPDATE (_payments_apply_outcomes). The sweep looks
+# every 0.1 s anyway.
 SETTLE_AT_GRANULARITY = timedelta(milliseconds=10)
 
 
@@ -431,10 +432,11 @@ def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> No
     # so no worker sits waiting for the provider. One UPDATE per distinct
     # time, not a CASE with a WHEN per payment: Django resolving the WHENs
     # was 11 % of the worker's samples at gateway 10 s (py-spy, workload A).
-    # A group's answers come within GROUP_COMMIT_AFTER of each other, so
-    # rounded up to SETTLE_AT_GRANULARITY their times are a few.
+    # A provider that asks for the same wait gives the group one time (two
+    # across a SETTLE_AT_GRANULARITY step); one whose waits all differ costs
+    # an UPDATE a payment, about what its WHENs cost.
     now = timezone.now()
-    due_times: dict[datetime, list[Any]] = {}
+    due_times: dict[datetime, list[uuid.UUID]] = {}
     for payment, result in answers:
         if result.outcome not in (Outcome.SUCCEEDED, Outcome.FAILED):
             settle_at = _round_up(
