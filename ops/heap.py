@@ -14,7 +14,7 @@ def freeze_startup_objects() -> None:
     live as long as it does, so each full collection stopped the event loop
     and the request thread for 95 to 130 ms, every few seconds under load
     (gc.callbacks, PostgreSQL workload C, 100 payments/s offered): all the
-    requests of that moment waited it out, and it was C's p99. Frozen, they
+    requests of that moment waited it out, C's worst stall. Frozen, they
     are never traversed again (``gc.freeze``); what is garbage now is
     collected first, so it is not kept for good.
     """
