@@ -65,9 +65,13 @@ class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
 
 
-def stuck_deadline(after: float = 0.0) -> datetime:
-    """When a payment still open is taken for stuck (recovery looks again)."""
-    return timezone.now() + timedelta(seconds=after + settings.PAYMENTS_STUCK_AFTER)
+def stuck_deadline(since: datetime | None = None) -> datetime:
+    """When a payment still open is taken for stuck (recovery looks again).
+
+    PAYMENTS_STUCK_AFTER after ``since``: now, or when it is next due.
+    """
+    moment = since if since is not None else timezone.now()
+    return moment + timedelta(seconds=settings.PAYMENTS_STUCK_AFTER)
 
 
 def payment_create(
@@ -446,7 +450,7 @@ def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> No
     for settle_at, pks in due_times.items():
         Payment.objects.filter(pk__in=pks, status=PaymentStatus.PROCESSING).update(
             settle_at=settle_at,
-            recheck_at=settle_at + timedelta(seconds=settings.PAYMENTS_STUCK_AFTER),
+            recheck_at=stuck_deadline(since=settle_at),
         )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from django.db import connections
 
 from config.handlers import SyncStackASGIHandler
 from payments.models import Payment
+from tests.live import REPO_ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -336,11 +336,10 @@ def test_config_asgi_freezes_what_it_loaded_out_of_the_collectors_way() -> None:
         "assert 'config.urls' in sys.modules, 'URLconf not loaded'; "
         "assert gc.get_freeze_count() > 0, 'nothing frozen'"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test"}
     done = subprocess.run(
         [sys.executable, "-c", check],
-        env=env,
-        cwd=settings.BASE_DIR,
+        env=process_env(DJANGO_SETTINGS_MODULE="config.settings.test"),
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=120,
