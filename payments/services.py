@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import transaction
@@ -59,6 +59,19 @@ GROUP_COMMIT_AFTER = 0.05
 # the same wait share one UPDATE (_payments_apply_outcomes). The sweep looks
 # every 0.1 s anyway.
 SETTLE_AT_GRANULARITY = timedelta(milliseconds=10)
+
+
+class GatewayAnswers(NamedTuple):
+    """What a batch's gateway calls left to their caller."""
+
+    # The error of each payment whose call raised, by its id as a string.
+    errors: dict[str, Exception]
+    # Payments not asked because the caller said to stop (a worker's SIGTERM).
+    not_asked: list[str]
+
+
+def _never() -> bool:
+    return False
 
 
 class InvalidTransitionError(ValueError):
@@ -302,16 +315,22 @@ def payment_process(*, payment_id: uuid.UUID | str) -> None:
     it terminal and does nothing. The gateway's error is raised on, so that
     the job records it.
     """
-    errors = payments_process(payment_ids=[payment_id])
-    for error in errors.values():
+    for error in payments_process(payment_ids=[payment_id]).errors.values():
         raise error
 
 
-def payments_process(*, payment_ids: Sequence[uuid.UUID | str]) -> dict[str, Exception]:
+def payments_process(
+    *,
+    payment_ids: Sequence[uuid.UUID | str],
+    stopping: Callable[[], bool] = _never,
+) -> GatewayAnswers:
     """Process a batch of payments as ``payment_process`` does each one.
 
-    Return the error of each payment whose charge raised, by its id as a
-    string; the others were charged and their outcomes applied. The batch's
+    Return the error of each payment whose charge raised, and the payments
+    not charged because ``stopping()`` was true before their turn (a worker
+    told to stop finishes the charge in hand, not the batch): those stay
+    processing for their job's next run. The others were charged and their
+    outcomes applied. The batch's
     ``processing`` transitions are one transaction, each charge is its own
     gateway call, and their records and outcomes commit together
     (``_payments_record_answers``), a group at most GROUP_COMMIT_AFTER
@@ -334,17 +353,30 @@ def payments_process(*, payment_ids: Sequence[uuid.UUID | str]) -> dict[str, Exc
         processing += Payment.objects.filter(
             pk__in=rest, status=PaymentStatus.PROCESSING
         )
-    return _payments_ask_gateway(processing, "charge", get_gateway().charge)
+    return _payments_ask_gateway(
+        processing, "charge", get_gateway().charge, stopping=stopping
+    )
 
 
 def _payments_ask_gateway(
-    payments: list[Payment], operation: str, method: Callable[..., GatewayResult]
-) -> dict[str, Exception]:
-    """Ask the gateway for each payment; record and apply the answers in groups."""
+    payments: list[Payment],
+    operation: str,
+    method: Callable[..., GatewayResult],
+    *,
+    stopping: Callable[[], bool] = _never,
+) -> GatewayAnswers:
+    """Ask the gateway for each payment; record and apply the answers in groups.
+
+    ``stopping()`` is asked before each call; once it is true the rest of
+    the payments are not asked, and the answers so far are recorded.
+    """
     errors: dict[str, Exception] = {}
     answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
     group_started = time.monotonic()
-    for payment in payments:
+    for index, payment in enumerate(payments):
+        if stopping():
+            not_asked = [str(p.id) for p in payments[index:]]
+            break
         with request_id_bound(payment.request_id):
             try:
                 result, call = _gateway_call(
@@ -365,9 +397,11 @@ def _payments_ask_gateway(
         if time.monotonic() - group_started >= GROUP_COMMIT_AFTER:
             _payments_record_answers(answered)
             answered, group_started = [], time.monotonic()
+    else:
+        not_asked = []
     if answered:
         _payments_record_answers(answered)
-    return errors
+    return GatewayAnswers(errors, not_asked)
 
 
 def _gateway_call(
@@ -465,12 +499,14 @@ def payment_refresh(*, payment_id: uuid.UUID | str) -> None:
     payments = list(
         Payment.objects.filter(pk=payment_id, status=PaymentStatus.PROCESSING)
     )
-    errors = _payments_ask_gateway(payments, "retrieve", get_gateway().retrieve)
-    for error in errors.values():
+    answers = _payments_ask_gateway(payments, "retrieve", get_gateway().retrieve)
+    for error in answers.errors.values():
         raise error
 
 
-def payments_settle_due(*, limit: int = 100) -> int:
+def payments_settle_due(
+    *, limit: int = 100, stopping: Callable[[], bool] = _never
+) -> int:
     """Ask the gateway again for processing payments whose outcome is due.
 
     Return how many were asked. This is the worker's settle sweep: one
@@ -483,7 +519,8 @@ def payments_settle_due(*, limit: int = 100) -> int:
     events as a job, a commit for the batch instead of a job (claim, run,
     result) per payment. A payment whose retrieve raised is left to recovery
     at its ``recheck_at``, as is a sweep that dies after its claim; recovery
-    charges again through the gateway's idempotency.
+    charges again through the gateway's idempotency. Those not asked because
+    ``stopping()`` said so are due again at once, for the next sweep.
     """
     now = timezone.now()
     due_now = Payment.objects.filter(
@@ -507,5 +544,13 @@ def payments_settle_due(*, limit: int = 100) -> int:
         )
     for payment in due:
         payment.settle_at = None
-    _payments_ask_gateway(due, "retrieve", get_gateway().retrieve)
-    return len(due)
+    answers = _payments_ask_gateway(
+        due, "retrieve", get_gateway().retrieve, stopping=stopping
+    )
+    if answers.not_asked:
+        Payment.objects.filter(
+            pk__in=answers.not_asked,
+            status=PaymentStatus.PROCESSING,
+            settle_at__isnull=True,
+        ).update(settle_at=now, recheck_at=stuck_deadline(since=now))
+    return len(due) - len(answers.not_asked)

@@ -500,17 +500,22 @@ def test_sigterm_to_web_closes_sockets_with_going_away(
 def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     start_stack: Callable[..., LiveStack],
 ) -> None:
-    """SIGTERM while the worker waits on the gateway mid-charge."""
+    """SIGTERM while the worker waits on the gateway mid-charge.
+
+    The payments are queued before the worker starts, so that it claims them
+    in one batch: the signal comes with two of its jobs not yet run.
+    """
     stack, open_gate = start_gated(
         start_stack,
+        worker=False,
         PAYMENTS_SIMULATED_DELAY="0.5",
     )
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
     payments = [create_payment_sync(stack, payment_method=method) for method in methods]
     ids = [p["id"] for p in payments]
+    worker = stack.start_worker()
 
     [busy] = wait_until(lambda: charged_unrecorded(ids), "the worker inside a charge")
-    worker = stack.worker
     started = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     # The signal arrives inside the charge; only then does the charge answer.
@@ -526,8 +531,14 @@ def test_sigterm_to_busy_worker_finishes_its_task_then_exits(
     assert [
         (t.task_path, t.status) for t in tasks_of([busy]) if t.task_path == PROCESS_TASK
     ] == [(PROCESS_TASK, "SUCCESSFUL")]
-    assert not [t for t in tasks_of(ids) if t.status == "RUNNING"]
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
+    # The batch's other jobs are back in the queue, not left to recovery.
+    assert sorted(t.status for t in tasks_of(ids) if t.task_path == PROCESS_TASK) == [
+        "READY",
+        "READY",
+        "SUCCESSFUL",
+    ]
+    assert "2 claimed job(s) back in the queue" in worker.output()
 
     # The other payments' charges, one call each.
     open_gate(charges=len(methods) - 1)

@@ -632,6 +632,37 @@ def test_settle_sweep_takes_a_batch_and_commits_it_once(
 
 
 @pytest.mark.django_db
+def test_settle_sweep_told_to_stop_leaves_the_rest_due_for_the_next(settings):
+    """A worker's SIGTERM mid-sweep: the retrieve in hand is applied, no other."""
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payments = [PaymentFactory(payment_method="pm_card_visa") for _ in range(3)]
+    for payment in payments:
+        services.payment_process(payment_id=payment.id)
+    settled_by_now(*payments)
+    looks = []
+
+    def stopping() -> bool:
+        looks.append(None)
+        return len(looks) > 1  # the signal came during the first retrieve
+
+    assert services.payments_settle_due(stopping=stopping) == 1
+
+    assert len(looks) == 2
+    assert GatewayCall.objects.filter(operation="retrieve").count() == 1
+    assert sorted(Payment.objects.values_list("status", flat=True)) == [
+        "processing",
+        "processing",
+        "succeeded",
+    ]
+    left = Payment.objects.filter(status=PaymentStatus.PROCESSING)
+    now = timezone.now()
+    assert all(p.settle_at <= now < p.recheck_at for p in left)
+    assert services.payments_settle_due() == 2
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert GatewayCall.objects.filter(operation="retrieve").count() == 3
+
+
+@pytest.mark.django_db
 def test_settle_sweep_skips_a_payment_the_gateway_cannot_answer_for(settings):
     """Its claim is cleared and recovery retries it; the rest settle."""
     settings.PAYMENTS_SIMULATED_DELAY = 5

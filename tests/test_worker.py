@@ -396,3 +396,64 @@ def test_a_slow_gateways_answers_commit_before_the_batch_ends(
     )
     assert charged_first[1] == []
     assert charged_second[1] == [charged_first[0]]  # committed before this charge
+
+
+# Told to stop mid-batch ------------------------------------------------------
+
+
+class SigtermInChargeGateway(SimulatedGateway):
+    """SIGTERM reaches the worker while its first charge waits on the provider."""
+
+    worker: WakeableWorker
+
+    def charge(self, *, payment):
+        result = super().charge(payment=payment)
+        if self.worker.running:
+            self.worker.shutdown(signal.SIGTERM, None)
+        return result
+
+
+@pytest.mark.django_db
+def test_sigterm_in_a_batchs_charge_puts_the_jobs_not_charged_back(settings) -> None:
+    simulated = settings.PAYMENTS_GATEWAY
+    settings.PAYMENTS_GATEWAY = f"{__name__}.SigtermInChargeGateway"
+    payments = enqueued_payments(*["pm_card_visa"] * 3)
+    worker = SigtermInChargeGateway.worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    # The charge in hand is finished and recorded; no other is made.
+    [charged] = SimulatedCharge.objects.values_list("payment_id", flat=True)
+    assert GatewayCall.objects.get().payment_id == charged
+    rest = {str(p.id) for p in payments} - {str(charged)}
+    assert job_statuses() == {
+        str(charged): "SUCCESSFUL",
+        **dict.fromkeys(rest, "READY"),
+    }
+    assert worker._run_tasks == 1
+    assert set(
+        Payment.objects.filter(pk__in=rest).values_list("status", flat=True)
+    ) == {"processing"}
+
+    # The next worker runs them at once, each charged once.
+    settings.PAYMENTS_GATEWAY = simulated
+    following = make_worker()
+    following._run_claimed(following._claim_batch())
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert SimulatedCharge.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_sigterm_before_claimed_jobs_start_runs_none_of_them() -> None:
+    """The signal came during the claim: neither kind of job is started."""
+    [payment] = enqueued_payments("pm_card_visa")
+    tasks.process_payment.enqueue(payment_id="not-a-uuid")  # one that runs alone
+    worker = make_worker()
+    claimed = worker._claim_batch()
+    worker.shutdown(signal.SIGTERM, None)
+
+    worker._run_claimed(claimed)
+
+    assert job_statuses() == {str(payment.id): "READY", "not-a-uuid": "READY"}
+    assert Payment.objects.get().status == "pending"
+    assert worker._run_tasks == 0

@@ -148,7 +148,9 @@ class WakeableWorker(Worker):
             return
         self._settle_check_at = now + SETTLE_CHECK_INTERVAL
         try:
-            settled = services.payments_settle_due(limit=SETTLE_BATCH)
+            settled = services.payments_settle_due(
+                limit=SETTLE_BATCH, stopping=self._stopping
+            )
         except OperationalError as exc:
             # A locked SQLite database unlocks eventually; the next look
             # tries again. Anything else is the database going away: the
@@ -166,6 +168,10 @@ class WakeableWorker(Worker):
         self._settle_check_at = now + (
             0.0 if settled >= SETTLE_BATCH else SETTLE_CHECK_INTERVAL
         )
+
+    def _stopping(self) -> bool:
+        """Told to stop (SIGTERM): finish the gateway call in hand, ask no other."""
+        return not self.running
 
     def _idle_timeout(self) -> float:
         """Wait until the next deferred job or outcome is due, at most ``interval``.
@@ -232,15 +238,27 @@ class WakeableWorker(Worker):
         return claimed
 
     def _run_claimed(self, claimed: list[DBTaskResult]) -> None:
-        """Run claimed jobs: process_payment's together, any other one by one."""
-        payment_jobs = []
+        """Run claimed jobs: process_payment's together, any other one by one.
+
+        Told to stop, it runs no other job: those not started yet go back in
+        the queue.
+        """
+        payment_jobs, others = [], []
         for job in claimed:
-            if _is_plain_payment_job(job):
-                payment_jobs.append(job)
-            else:
-                self.run_task(job)
-        if payment_jobs:
+            (payment_jobs if _is_plain_payment_job(job) else others).append(job)
+        for index, job in enumerate(others):
+            if self._stopping():
+                self._requeue([*others[index:], *payment_jobs])
+                return
+            self.run_task(job)
+        if payment_jobs and self._stopping():
+            self._requeue(payment_jobs)
+        elif payment_jobs:
             self._run_payment_jobs(payment_jobs)
+
+    def _requeue(self, jobs: list[DBTaskResult]) -> None:
+        _jobs_requeue(jobs)
+        logger.warning("shutting down: %d claimed job(s) back in the queue", len(jobs))
 
     def _run_payment_jobs(self, jobs: list[DBTaskResult]) -> None:
         """Run process_payment jobs as one batch; record each job's result.
@@ -248,26 +266,36 @@ class WakeableWorker(Worker):
         As run_task does for one job: a job whose payment's charge raised is
         failed with that error (recovery enqueues its payment again at its
         deadline), the others succeed, in one UPDATE; an error of the whole
-        batch (the database went away) fails them all.
+        batch (the database went away) fails them all. Told to stop, the
+        worker finishes the charge in hand and puts the jobs it did not get
+        to back in the queue, for the next worker to run at once.
         """
         self.running_task = True
+        unrun: list[DBTaskResult] = []
         try:
             payment_ids = [_job_payment_id(job) for job in jobs]
-            errors = services.payments_process(payment_ids=payment_ids)
+            answers = services.payments_process(
+                payment_ids=payment_ids, stopping=self._stopping
+            )
+            not_asked = set(answers.not_asked)
             succeeded = []
             for job, payment_id in zip(jobs, payment_ids, strict=True):
-                if payment_id in errors:
-                    job.set_failed(errors[payment_id])
+                if payment_id in answers.errors:
+                    job.set_failed(answers.errors[payment_id])
+                elif payment_id in not_asked:
+                    unrun.append(job)
                 else:
                     succeeded.append(job)
             _jobs_set_successful(succeeded)
+            if unrun:
+                self._requeue(unrun)
         except BaseException as exc:  # as run_task: recorded, not raised
             logger.exception("payment jobs failed: %s", [str(job.id) for job in jobs])
             for job in jobs:
                 job.set_failed(exc)
         finally:
             self.running_task = False
-            self._run_tasks += len(jobs)
+            self._run_tasks += len(jobs) - len(unrun)
 
 
 def _job_payment_id(job: DBTaskResult) -> str:
@@ -304,3 +332,15 @@ def _jobs_set_successful(jobs: list[DBTaskResult]) -> None:
             exception_class_path="",
             traceback="",
         )
+
+
+@retry()
+def _jobs_requeue(jobs: list[DBTaskResult]) -> None:
+    """Undo the claim of jobs this worker will not run: READY again, one UPDATE.
+
+    Their payments stay processing; the job's next run charges them (through
+    the gateway's idempotency, as after a crash).
+    """
+    DBTaskResult.objects.filter(
+        pk__in=[job.pk for job in jobs], status=TaskResultStatus.RUNNING
+    ).update(status=TaskResultStatus.READY, started_at=None)
