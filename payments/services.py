@@ -544,13 +544,24 @@ def payments_settle_due(
         )
     for payment in due:
         payment.settle_at = None
-    answers = _payments_ask_gateway(
-        due, "retrieve", get_gateway().retrieve, stopping=stopping
-    )
-    if answers.not_asked:
+    try:
+        answers = _payments_ask_gateway(
+            due, "retrieve", get_gateway().retrieve, stopping=stopping
+        )
+    except (SystemExit, KeyboardInterrupt):
+        # A second SIGTERM exits mid-sweep: what has no answer recorded yet
+        # is due again too, not left to recovery.
+        _payments_due_again([payment.pk for payment in due], now)
+        raise
+    _payments_due_again(answers.not_asked, now)
+    return len(due) - len(answers.not_asked)
+
+
+def _payments_due_again(payment_ids: Sequence[uuid.UUID | str], now: datetime) -> None:
+    """Give payments a sweep claimed but got no answer for back to the next sweep."""
+    if payment_ids:
         Payment.objects.filter(
-            pk__in=answers.not_asked,
+            pk__in=payment_ids,
             status=PaymentStatus.PROCESSING,
             settle_at__isnull=True,
         ).update(settle_at=now, recheck_at=stuck_deadline(since=now))
-    return len(due) - len(answers.not_asked)

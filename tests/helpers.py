@@ -31,6 +31,7 @@ from scripts.processes import poll_until
 from tests.live import HOST
 
 if TYPE_CHECKING:
+    from payments.worker.worker import WakeableWorker
     from tests.live import LiveStack
 
 #: In the test settings' CORS_ALLOWED_ORIGINS.
@@ -288,3 +289,19 @@ def create_payment_sync(live: LiveStack, **body: Any) -> dict[str, Any]:
     payment = response.json()
     assert (payment["status"], payment["version"]) == ("pending", 1), payment
     return payment
+
+
+def make_worker() -> WakeableWorker:
+    """The db_worker command's worker, built in this process for a unit test."""
+    from payments.worker.worker import WakeableWorker
+
+    return WakeableWorker(
+        queue_names=["default"],
+        interval=1.0,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="test",
+        excluded_queue_names=[],
+    )

@@ -20,6 +20,7 @@ from django.utils import timezone
 from payments import services, tasks
 from payments.worker import wakeup
 from payments.worker.wakeup import WakeupListener
+from tests.helpers import make_worker
 from tests.live import REPO_ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,6 +88,18 @@ def test_deferred_job_wakes_workers_to_time_their_wait(listener) -> None:
     tasks.refresh_payment.using(run_after=later).enqueue(payment_id=str(uuid.uuid4()))
 
     # Idle workers then wait until it is due instead of a whole interval.
+    assert next_message(listener, TIMEOUT) is not None
+
+
+def test_jobs_put_back_by_a_stopping_worker_wake_the_others(listener) -> None:
+    services.payment_create(amount=1000, currency="usd", payment_method="pm_card_visa")
+    assert next_message(listener, TIMEOUT) is not None  # the enqueue's own
+    worker = make_worker()
+    claimed = worker._claim_batch()
+    worker.running = False  # SIGTERM during the claim
+
+    worker._run_claimed(claimed)
+
     assert next_message(listener, TIMEOUT) is not None
 
 

@@ -18,19 +18,7 @@ from payments.gateways.simulated import SimulatedGateway
 from payments.models import GatewayCall, Payment, PaymentEvent, SimulatedCharge
 from payments.worker.mark_writer import marks_batched
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
-
-
-def make_worker() -> WakeableWorker:
-    return WakeableWorker(
-        queue_names=["default"],
-        interval=1.0,
-        batch=False,
-        backend_name="default",
-        startup_delay=False,
-        max_tasks=None,
-        worker_id="test",
-        excluded_queue_names=[],
-    )
+from tests.helpers import make_worker
 
 
 def test_sigterm_during_a_database_call_stops_after_it() -> None:
@@ -401,24 +389,57 @@ def test_a_slow_gateways_answers_commit_before_the_batch_ends(
 # Told to stop mid-batch ------------------------------------------------------
 
 
-class SigtermInChargeGateway(SimulatedGateway):
-    """SIGTERM reaches the worker while its first charge waits on the provider."""
+class SigtermInCallGateway(SimulatedGateway):
+    """SIGTERM reaches ``worker`` while its first gateway call waits on the provider.
+
+    ``signals`` of them (a second one forces the exit).
+    """
 
     worker: WakeableWorker
+    signals = 1
 
     def charge(self, *, payment):
         result = super().charge(payment=payment)
-        if self.worker.running:
-            self.worker.shutdown(signal.SIGTERM, None)
+        self._signal()
         return result
+
+    def retrieve(self, *, payment):
+        result = super().retrieve(payment=payment)
+        self._signal()
+        return result
+
+    def _signal(self) -> None:
+        if self.worker.running:
+            for _ in range(self.signals):
+                self.worker.shutdown(signal.SIGTERM, None)
+
+
+@pytest.fixture
+def sigterm_in_call(settings):
+    """Install SigtermInCallGateway for a new worker; return the worker."""
+    simulated = settings.PAYMENTS_GATEWAY
+    settings.PAYMENTS_GATEWAY = f"{__name__}.SigtermInCallGateway"
+    worker = SigtermInCallGateway.worker = make_worker()
+    yield worker
+    SigtermInCallGateway.signals = 1
+    settings.PAYMENTS_GATEWAY = simulated
+
+
+def run_the_rest(settings) -> None:
+    """A worker on the plain simulated gateway runs what is queued and due."""
+    settings.PAYMENTS_GATEWAY = "payments.gateways.simulated.SimulatedGateway"
+    following = make_worker()
+    following._run_claimed(following._claim_batch())
+    following._settle_check_at = 0.0
+    following._settle_due()
 
 
 @pytest.mark.django_db
-def test_sigterm_in_a_batchs_charge_puts_the_jobs_not_charged_back(settings) -> None:
-    simulated = settings.PAYMENTS_GATEWAY
-    settings.PAYMENTS_GATEWAY = f"{__name__}.SigtermInChargeGateway"
+def test_sigterm_in_a_batchs_charge_puts_the_jobs_not_charged_back(
+    settings, sigterm_in_call
+) -> None:
+    worker = sigterm_in_call
     payments = enqueued_payments(*["pm_card_visa"] * 3)
-    worker = SigtermInChargeGateway.worker = make_worker()
 
     worker._run_claimed(worker._claim_batch())
 
@@ -436,11 +457,117 @@ def test_sigterm_in_a_batchs_charge_puts_the_jobs_not_charged_back(settings) -> 
     ) == {"processing"}
 
     # The next worker runs them at once, each charged once.
-    settings.PAYMENTS_GATEWAY = simulated
-    following = make_worker()
-    following._run_claimed(following._claim_batch())
+    run_the_rest(settings)
     assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
     assert SimulatedCharge.objects.count() == 3
+    assert GatewayCall.objects.filter(operation="charge").count() == 3
+
+
+@pytest.mark.django_db
+def test_a_second_sigterm_in_a_batch_exits_with_every_job_back_in_the_queue(
+    settings, sigterm_in_call
+) -> None:
+    """Forced out mid-charge: no job failed, none left running."""
+    SigtermInCallGateway.signals = 2
+    worker = sigterm_in_call
+    payments = enqueued_payments(*["pm_card_visa"] * 3)
+
+    with pytest.raises(SystemExit) as stopped:
+        worker._run_claimed(worker._claim_batch())
+
+    assert stopped.value.code == 1
+    assert set(job_statuses().values()) == {"READY"}
+    # Charged at the gateway, not recorded: the next run charges it again,
+    # once at the provider (its idempotency on the payment id).
+    assert SimulatedCharge.objects.count() == 1
+    assert not GatewayCall.objects.exists()
+    run_the_rest(settings)
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert SimulatedCharge.objects.count() == len(payments)
+    assert GatewayCall.objects.filter(operation="charge").count() == len(payments)
+
+
+@pytest.mark.django_db
+def test_sigterm_in_a_job_run_alone_runs_none_of_the_rest(
+    settings, sigterm_in_call
+) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    first, second = enqueued_payments("pm_card_visa", "pm_card_visa")
+    worker = sigterm_in_call
+    SigtermInCallGateway.signals = 0  # the charges leave both processing
+    worker._run_claimed(worker._claim_batch())
+    SigtermInCallGateway.signals = 1
+    # Two jobs that run alone (a retrieve each), and a payment's.
+    for payment in (first, second):
+        tasks.refresh_payment.enqueue(payment_id=str(payment.id))
+    [third] = enqueued_payments("pm_card_visa")
+
+    worker._run_claimed(worker._claim_batch())
+
+    refreshed = GatewayCall.objects.filter(operation="retrieve")
+    assert refreshed.count() == 1
+    statuses = sorted(
+        (kw["kwargs"]["payment_id"] == str(third.id), task.rsplit(".")[-1], status)
+        for task, status, kw in DBTaskResult.objects.values_list(
+            "task_path", "status", "args_kwargs"
+        )
+    )
+    assert statuses == [
+        (False, "process_payment", "SUCCESSFUL"),
+        (False, "process_payment", "SUCCESSFUL"),
+        (False, "refresh_payment", "READY"),
+        (False, "refresh_payment", "SUCCESSFUL"),
+        (True, "process_payment", "READY"),
+    ]
+
+
+@pytest.mark.django_db
+def test_sigterm_in_the_settle_sweep_leaves_the_rest_due(
+    settings, sigterm_in_call
+) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    payments = enqueued_payments("pm_card_visa", "pm_card_visa")
+    worker = sigterm_in_call
+    SigtermInCallGateway.signals = 0
+    worker._run_claimed(worker._claim_batch())
+    SigtermInCallGateway.signals = 1
+    past = timezone.now() - timedelta(seconds=1)
+    SimulatedCharge.objects.update(settles_at=past)
+    Payment.objects.update(settle_at=past)
+
+    worker._settle_due()
+
+    assert worker.running is False
+    assert GatewayCall.objects.filter(operation="retrieve").count() == 1
+    [left] = Payment.objects.filter(status="processing")
+    assert left.settle_at <= timezone.now()
+    run_the_rest(settings)
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert GatewayCall.objects.filter(operation="retrieve").count() == len(payments)
+
+
+@pytest.mark.django_db
+def test_a_second_sigterm_in_the_settle_sweep_leaves_every_unanswered_one_due(
+    settings, sigterm_in_call
+) -> None:
+    settings.PAYMENTS_SIMULATED_DELAY = 5
+    enqueued_payments("pm_card_visa", "pm_card_visa")
+    worker = sigterm_in_call
+    SigtermInCallGateway.signals = 0
+    worker._run_claimed(worker._claim_batch())
+    SigtermInCallGateway.signals = 2
+    past = timezone.now() - timedelta(seconds=1)
+    SimulatedCharge.objects.update(settles_at=past)
+    Payment.objects.update(settle_at=past)
+
+    with pytest.raises(SystemExit):
+        worker._settle_due()
+
+    assert not GatewayCall.objects.filter(operation="retrieve").exists()
+    now = timezone.now()
+    assert all(
+        p.status == "processing" and p.settle_at <= now for p in Payment.objects.all()
+    )
 
 
 @pytest.mark.django_db

@@ -23,7 +23,7 @@ from django_tasks_db.utils import (
 )
 
 from payments import selectors, services, tasks
-from payments.worker.wakeup import WakeupListener
+from payments.worker.wakeup import WakeupListener, wake_workers
 
 # The settle sweep (services.payments_settle_due) looks for due outcomes at
 # most this often while jobs keep the worker busy (seconds; an idle worker's
@@ -125,7 +125,8 @@ class WakeableWorker(Worker):
             # Between jobs but inside a database call (claiming a job, timing
             # the wait). The original exits right here, mid-transaction: a
             # traceback, and a job claimed but never run until recovery.
-            # Finish the call instead (and run the job it claimed), then stop.
+            # Finish the call instead, then stop (what it claimed goes back
+            # in the queue, _run_claimed).
             logger.warning(
                 "Received %s - shutting down after the current step...",
                 signal.strsignal(signum),
@@ -259,6 +260,7 @@ class WakeableWorker(Worker):
     def _requeue(self, jobs: list[DBTaskResult]) -> None:
         _jobs_requeue(jobs)
         logger.warning("shutting down: %d claimed job(s) back in the queue", len(jobs))
+        wake_workers()  # an idle worker takes them now, not at its next poll
 
     def _run_payment_jobs(self, jobs: list[DBTaskResult]) -> None:
         """Run process_payment jobs as one batch; record each job's result.
@@ -289,6 +291,13 @@ class WakeableWorker(Worker):
             _jobs_set_successful(succeeded)
             if unrun:
                 self._requeue(unrun)
+        except (SystemExit, KeyboardInterrupt):
+            # A second SIGTERM (django-tasks-db's shutdown exits mid-charge):
+            # the jobs are run again, not failed and left to recovery. Those
+            # already done find their payments terminal; the charge cut short
+            # is made again through the gateway's idempotency.
+            _jobs_requeue(jobs)
+            raise
         except BaseException as exc:  # as run_task: recorded, not raised
             logger.exception("payment jobs failed: %s", [str(job.id) for job in jobs])
             for job in jobs:
