@@ -74,6 +74,11 @@ def _never() -> bool:
     return False
 
 
+def _stored_failure_message(message: str) -> str:
+    """The provider's message cut to what the payment's column keeps."""
+    return message[: Payment._meta.get_field("failure_message").max_length]
+
+
 class InvalidTransitionError(ValueError):
     """A transition the status machine does not allow (a programming error)."""
 
@@ -295,7 +300,7 @@ def payment_mark_failed(
         detail=detail,
         current=current,
         failure_code=failure_code,
-        failure_message=failure_message[:255],
+        failure_message=_stored_failure_message(failure_message),
     )
 
 
@@ -455,7 +460,10 @@ def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> No
     failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for payment, result in answers:
         if result.outcome == Outcome.FAILED:
-            reason = (result.failure_code, result.failure_message[:255])
+            reason = (
+                result.failure_code,
+                _stored_failure_message(result.failure_message),
+            )
             failed.setdefault(reason, {})[str(payment.id)] = result.data
     for (code, message), details in failed.items():
         _payments_transition(

@@ -13,6 +13,7 @@ from django_tasks_db.models import DBTaskResult
 
 from ops.request_id import RequestIdFilter, request_id_bound
 from payments import services
+from payments.gateways import GatewayResult, Outcome
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import (
     GatewayCall,
@@ -143,6 +144,26 @@ def test_mark_failed_stores_failure_and_detail():
     assert result.failure_message == "x" * 255
     event = PaymentEvent.objects.get(payment=payment)
     assert event.detail == {"charge": "ch_9"}
+
+
+class LongDeclineGateway(SimulatedGateway):
+    """A provider whose decline message is longer than the payment keeps."""
+
+    def charge(self, *, payment):
+        super().charge(payment=payment)
+        return GatewayResult(
+            Outcome.FAILED, failure_code="card_declined", failure_message="y" * 300
+        )
+
+
+@pytest.mark.django_db
+def test_a_batchs_long_failure_message_is_cut_as_a_single_one_is(settings):
+    settings.PAYMENTS_GATEWAY = f"{__name__}.LongDeclineGateway"
+    payments = [PaymentFactory() for _ in range(2)]
+
+    services.payments_process(payment_ids=[p.id for p in payments])
+
+    assert set(Payment.objects.values_list("failure_message", flat=True)) == {"y" * 255}
 
 
 @pytest.mark.django_db
