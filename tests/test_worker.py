@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from datetime import timedelta
 
@@ -19,6 +20,37 @@ from payments.models import GatewayCall, Payment, PaymentEvent, SimulatedCharge
 from payments.worker.mark_writer import marks_batched
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 from tests.helpers import make_worker
+
+
+def test_worker_freezes_what_it_loaded_before_its_loop(monkeypatch) -> None:
+    """The long-running worker's full collections skip its start-up heap (ops.heap)."""
+    from payments.management.commands.db_worker import Command
+
+    frozen_at_run = []
+    # Neither this process's signal handlers nor its loggers' levels change.
+    monkeypatch.setattr(Command, "configure_logging", lambda self, verbosity: None)
+    monkeypatch.setattr(WakeableWorker, "configure_signals", lambda self: None)
+    monkeypatch.setattr(
+        WakeableWorker, "run", lambda self: frozen_at_run.append(gc.get_freeze_count())
+    )
+    gc.unfreeze()
+    try:
+        Command()._run_wakeable(
+            verbosity=0,
+            queue_name="default",
+            exclude_queues="",
+            interval=1.0,
+            backend_name="default",
+            startup_delay=False,
+            max_tasks=None,
+            worker_id="freeze",
+            reload=False,
+        )
+    finally:
+        gc.unfreeze()
+
+    assert len(frozen_at_run) == 1
+    assert frozen_at_run[0] > 0, "nothing frozen"
 
 
 def test_sigterm_during_a_database_call_stops_after_it() -> None:
