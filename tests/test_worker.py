@@ -10,8 +10,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.tasks import TaskResultStatus
+from django.tasks.signals import task_finished, task_started
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_tasks_db.backend import DatabaseBackend
 from django_tasks_db.models import DBTaskResult
 
 from payments import services, tasks
@@ -295,6 +297,63 @@ def test_a_malformed_job_runs_alone_and_fails_alone() -> None:
     assert job_statuses() == {str(payment.id): "SUCCESSFUL", "not-a-uuid": "FAILED"}
     payment.refresh_from_db()
     assert payment.status == "succeeded"
+
+
+@pytest.fixture
+def job_signals():
+    """What task_started and task_finished were sent with, in order."""
+    sent: list[tuple[str, type, str, str]] = []
+
+    def record(signal, sender, task_result, **kwargs):
+        name = "started" if signal is task_started else "finished"
+        sent.append(
+            (name, sender, task_result.kwargs["payment_id"], task_result.status)
+        )
+
+    task_started.connect(record)
+    task_finished.connect(record)
+    yield sent
+    task_started.disconnect(record)
+    task_finished.disconnect(record)
+
+
+@pytest.mark.django_db
+def test_a_batchs_jobs_each_send_task_started_and_task_finished(
+    settings, job_signals
+) -> None:
+    """As run_task does for a job alone: listeners see every batched job."""
+    settings.PAYMENTS_GATEWAY = f"{__name__}.ChargeRaisesGateway"
+    failing, fine = enqueued_payments("pm_card_mastercard", "pm_card_visa")
+    worker = make_worker()
+
+    worker._run_claimed(worker._claim_batch())
+
+    assert job_signals == [
+        ("started", DatabaseBackend, str(failing.id), "RUNNING"),
+        ("started", DatabaseBackend, str(fine.id), "RUNNING"),
+        ("finished", DatabaseBackend, str(failing.id), "FAILED"),
+        ("finished", DatabaseBackend, str(fine.id), "SUCCESSFUL"),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_raising_job_signal_receiver_fails_no_batched_job(caplog) -> None:
+    enqueued_payments("pm_card_visa", "pm_card_visa")
+
+    def broken(**kwargs):
+        raise RuntimeError("a listener's bug")
+
+    task_started.connect(broken)
+    task_finished.connect(broken)
+    try:
+        make_worker()._run_claimed(make_worker()._claim_batch())
+    finally:
+        task_started.disconnect(broken)
+        task_finished.disconnect(broken)
+
+    assert set(job_statuses().values()) == {"SUCCESSFUL"}
+    assert Payment.objects.filter(status="succeeded").count() == 2
+    assert "a listener's bug" in caplog.text  # django.dispatch logs it
 
 
 @pytest.mark.django_db

@@ -12,7 +12,9 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from django.db.models import QuerySet
 from django.db.utils import OperationalError
-from django.tasks import TaskResultStatus
+from django.dispatch import Signal
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django_tasks_db.management.commands.db_worker import Worker, logger
 from django_tasks_db.models import DBTaskResult, get_date_max
@@ -265,30 +267,34 @@ class WakeableWorker(Worker):
     def _run_payment_jobs(self, jobs: list[DBTaskResult]) -> None:
         """Run process_payment jobs as one batch; record each job's result.
 
-        As run_task does for one job: a job whose payment's charge raised is
-        failed with that error (recovery enqueues its payment again at its
-        deadline), the others succeed, in one UPDATE; an error of the whole
-        batch (the database went away) fails them all. Told to stop, the
-        worker finishes the charge in hand and puts the jobs it did not get
-        to back in the queue, for the next worker to run at once.
+        As run_task does for one job: task_started and task_finished are sent
+        for each job; a job whose payment's charge raised is failed with that
+        error (recovery enqueues its payment again at its deadline), the
+        others succeed, in one UPDATE; an error of the whole batch (the
+        database went away) fails them all. Told to stop, the worker finishes
+        the charge in hand and puts the jobs it did not get to back in the
+        queue, for the next worker to run at once.
         """
         self.running_task = True
         unrun: list[DBTaskResult] = []
         try:
+            self._send_each(task_started, jobs)
             payment_ids = [_job_payment_id(job) for job in jobs]
             answers = services.payments_process(
                 payment_ids=payment_ids, stopping=self._stopping
             )
             not_asked = set(answers.not_asked)
-            succeeded = []
+            finished, succeeded = [], []
             for job, payment_id in zip(jobs, payment_ids, strict=True):
                 if payment_id in answers.errors:
                     job.set_failed(answers.errors[payment_id])
+                    finished.append(job)
                 elif payment_id in not_asked:
                     unrun.append(job)
                 else:
                     succeeded.append(job)
             _jobs_set_successful(succeeded)
+            self._send_each(task_finished, [*finished, *succeeded])
             if unrun:
                 self._requeue(unrun)
         except (SystemExit, KeyboardInterrupt):
@@ -302,9 +308,21 @@ class WakeableWorker(Worker):
             logger.exception("payment jobs failed: %s", [str(job.id) for job in jobs])
             for job in jobs:
                 job.set_failed(exc)
+            self._send_each(task_finished, jobs)
         finally:
             self.running_task = False
             self._run_tasks += len(jobs) - len(unrun)
+
+    def _send_each(self, job_signal: Signal, jobs: list[DBTaskResult]) -> None:
+        """Send a job signal for each of a batch's jobs, as run_task does for one.
+
+        send_robust, not run_task's send: a receiver that raises is logged
+        (django.dispatch) instead of failing every job of the batch, charged
+        or not.
+        """
+        sender = type(task_backends[self.backend_name])
+        for job in jobs:
+            job_signal.send_robust(sender=sender, task_result=job.task_result)
 
 
 def _job_payment_id(job: DBTaskResult) -> str:
@@ -333,14 +351,21 @@ def _is_plain_payment_job(job: DBTaskResult) -> bool:
 @retry()
 def _jobs_set_successful(jobs: list[DBTaskResult]) -> None:
     """DBTaskResult.set_successful for many jobs (which return None): one UPDATE."""
-    if jobs:
-        DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
-            status=TaskResultStatus.SUCCESSFUL,
-            finished_at=timezone.now(),
-            return_value=None,
-            exception_class_path="",
-            traceback="",
-        )
+    if not jobs:
+        return
+    now = timezone.now()
+    DBTaskResult.objects.filter(pk__in=[job.pk for job in jobs]).update(
+        status=TaskResultStatus.SUCCESSFUL,
+        finished_at=now,
+        return_value=None,
+        exception_class_path="",
+        traceback="",
+    )
+    for job in jobs:  # as set_successful leaves them, for task_finished
+        job.status = TaskResultStatus.SUCCESSFUL
+        job.finished_at = now
+        job.return_value = None
+        job.exception_class_path = job.traceback = ""
 
 
 @retry()
