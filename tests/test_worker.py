@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.db.utils import OperationalError
 from django.tasks import TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 from django.test.utils import CaptureQueriesContext
@@ -19,6 +21,7 @@ from django_tasks_db.models import DBTaskResult
 from payments import services, tasks
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import GatewayCall, Payment, PaymentEvent, SimulatedCharge
+from payments.worker import worker as worker_module
 from payments.worker.mark_writer import marks_batched
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 from tests.helpers import make_worker
@@ -301,13 +304,24 @@ def test_a_malformed_job_runs_alone_and_fails_alone() -> None:
 
 @pytest.fixture
 def job_signals():
-    """What task_started and task_finished were sent with, in order."""
-    sent: list[tuple[str, type, str, str]] = []
+    """What task_started and task_finished were sent with, in order.
+
+    Each as (signal, sender, payment id, status, the exception a receiver
+    finds in sys.exc_info(), by class name, or None).
+    """
+    sent: list[tuple[str, type, str, str, str | None]] = []
 
     def record(signal, sender, task_result, **kwargs):
         name = "started" if signal is task_started else "finished"
+        error = sys.exc_info()[1]
         sent.append(
-            (name, sender, task_result.kwargs["payment_id"], task_result.status)
+            (
+                name,
+                sender,
+                task_result.kwargs["payment_id"],
+                task_result.status,
+                type(error).__name__ if error else None,
+            )
         )
 
     task_started.connect(record)
@@ -329,11 +343,56 @@ def test_a_batchs_jobs_each_send_task_started_and_task_finished(
     worker._run_claimed(worker._claim_batch())
 
     assert job_signals == [
-        ("started", DatabaseBackend, str(failing.id), "RUNNING"),
-        ("started", DatabaseBackend, str(fine.id), "RUNNING"),
-        ("finished", DatabaseBackend, str(failing.id), "FAILED"),
-        ("finished", DatabaseBackend, str(fine.id), "SUCCESSFUL"),
+        ("started", DatabaseBackend, str(failing.id), "RUNNING", None),
+        ("started", DatabaseBackend, str(fine.id), "RUNNING", None),
+        # Inside the error's except, as run_task sends it: receivers (Django's
+        # log line) read its traceback.
+        ("finished", DatabaseBackend, str(failing.id), "FAILED", "ConnectionError"),
+        ("finished", DatabaseBackend, str(fine.id), "SUCCESSFUL", None),
     ]
+
+
+@pytest.mark.django_db
+def test_a_whole_batchs_error_finishes_each_job_failed_with_its_traceback(
+    monkeypatch, job_signals
+) -> None:
+    payments = enqueued_payments("pm_card_visa", "pm_card_visa")
+
+    def database_gone(**kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(services, "payments_process", database_gone)
+    make_worker()._run_claimed(make_worker()._claim_batch())
+
+    assert set(job_statuses().values()) == {"FAILED"}
+    assert [sent[0] for sent in job_signals] == ["started"] * 2 + ["finished"] * 2
+    assert job_signals[2:] == [
+        ("finished", DatabaseBackend, str(p.id), "FAILED", "OperationalError")
+        for p in payments
+    ]
+
+
+@pytest.mark.django_db
+def test_a_put_back_that_fails_leaves_the_charged_jobs_result_and_finishes_it_once(
+    settings, sigterm_in_call, monkeypatch, job_signals
+) -> None:
+    """Told to stop, and the jobs not charged cannot go back: they fail, alone."""
+    worker = sigterm_in_call
+    enqueued_payments("pm_card_visa", "pm_card_visa")
+
+    def database_gone(jobs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(worker_module, "_jobs_requeue", database_gone)
+    worker._run_claimed(worker._claim_batch())
+
+    [charged] = SimulatedCharge.objects.values_list("payment_id", flat=True)
+    statuses = job_statuses()
+    assert statuses.pop(str(charged)) == "SUCCESSFUL"
+    [(not_charged, status)] = statuses.items()
+    assert status == "FAILED"  # recovery enqueues its payment again
+    finished = [sent[2:4] for sent in job_signals if sent[0] == "finished"]
+    assert finished == [(str(charged), "SUCCESSFUL"), (not_charged, "FAILED")]
 
 
 @pytest.mark.django_db

@@ -271,12 +271,16 @@ class WakeableWorker(Worker):
         for each job; a job whose payment's charge raised is failed with that
         error (recovery enqueues its payment again at its deadline), the
         others succeed, in one UPDATE; an error of the whole batch (the
-        database went away) fails them all. Told to stop, the worker finishes
-        the charge in hand and puts the jobs it did not get to back in the
-        queue, for the next worker to run at once.
+        database went away) fails the jobs whose result was not stored yet.
+        Told to stop, the worker finishes the charge in hand and puts the
+        jobs it did not get to back in the queue, for the next worker to run
+        at once: those were sent task_started (their payments moved to
+        processing with the batch) and no task_finished, since they did not
+        finish; their next run sends task_started again.
         """
         self.running_task = True
         unrun: list[DBTaskResult] = []
+        stored: set[str] = set()  # pks of the jobs whose result is in the table
         try:
             self._send_each(task_started, jobs)
             payment_ids = [_job_payment_id(job) for job in jobs]
@@ -284,17 +288,22 @@ class WakeableWorker(Worker):
                 payment_ids=payment_ids, stopping=self._stopping
             )
             not_asked = set(answers.not_asked)
-            finished, succeeded = [], []
+            failed, succeeded = [], []
             for job, payment_id in zip(jobs, payment_ids, strict=True):
                 if payment_id in answers.errors:
-                    job.set_failed(answers.errors[payment_id])
-                    finished.append(job)
+                    error = answers.errors[payment_id]
+                    job.set_failed(error)
+                    stored.add(job.pk)
+                    failed.append((job, error))
                 elif payment_id in not_asked:
                     unrun.append(job)
                 else:
                     succeeded.append(job)
             _jobs_set_successful(succeeded)
-            self._send_each(task_finished, [*finished, *succeeded])
+            stored.update(job.pk for job in succeeded)
+            for job, error in failed:
+                self._send_finished(job, error)
+            self._send_each(task_finished, succeeded)
             if unrun:
                 self._requeue(unrun)
         except (SystemExit, KeyboardInterrupt):
@@ -305,10 +314,14 @@ class WakeableWorker(Worker):
             _jobs_requeue(jobs)
             raise
         except BaseException as exc:  # as run_task: recorded, not raised
-            logger.exception("payment jobs failed: %s", [str(job.id) for job in jobs])
-            for job in jobs:
+            # Each job's task_finished logs the traceback (django.tasks).
+            logger.error("payment jobs failed: %s", [str(job.id) for job in jobs])
+            # A stored result stands: a charged job is not failed afterwards
+            # (the put-back failing, say) nor finished twice.
+            unstored = [job for job in jobs if job.pk not in stored]
+            for job in unstored:
                 job.set_failed(exc)
-            self._send_each(task_finished, jobs)
+            self._send_each(task_finished, unstored)
         finally:
             self.running_task = False
             self._run_tasks += len(jobs) - len(unrun)
@@ -323,6 +336,17 @@ class WakeableWorker(Worker):
         sender = type(task_backends[self.backend_name])
         for job in jobs:
             job_signal.send_robust(sender=sender, task_result=job.task_result)
+
+    def _send_finished(self, job: DBTaskResult, error: BaseException) -> None:
+        """task_finished for a job failed by ``error``, with it as exc_info.
+
+        run_task sends it inside its except, where receivers (Django's own
+        log line among them) read the traceback from sys.exc_info().
+        """
+        try:
+            raise error
+        except BaseException:
+            self._send_each(task_finished, [job])
 
 
 def _job_payment_id(job: DBTaskResult) -> str:
