@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -34,7 +35,7 @@ from payments.worker.recovery import (
 )
 from realtime import groups, notify
 from tests.factories import PaymentFactory
-from tests.helpers import at_once, wait_until
+from tests.helpers import TIMEOUT, at_once, wait_until
 
 PROCESS_TASK = "payments.tasks.process_payment"
 
@@ -509,8 +510,8 @@ def test_concurrent_rounds_release_a_dead_workers_job_once(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_heartbeat_keeps_the_lease_and_drops_it_at_a_clean_stop(settings):
-    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.05
-    settings.TASKS_WORKER_DEAD_AFTER = 0.5
+    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.2
+    settings.TASKS_WORKER_DEAD_AFTER = 5  # no slow renewal loses it
     lost = threading.Event()
     with heartbeat_running("w1") as running:
         running.on_lost = lost.set
@@ -549,8 +550,16 @@ def test_worker_that_cannot_renew_gives_up_before_its_lease_ends():
     # database as with a database gone away: the watch ends the worker within
     # the lease (dead_after - interval after its last renewal).
     lost = threading.Event()
+    lease_used: list[float] = []  # since its last renewal was sent
+
+    def on_lost() -> None:
+        lease_used.append(time.monotonic() - running._renewed)
+        lost.set()
+
+    # A lease of seconds, not tenths: a renewal or a watch a thread switch
+    # late must not end it early on a loaded machine.
     running = heartbeat.Heartbeat(
-        worker_id="w1", interval=0.05, dead_after=0.6, on_lost=lost.set
+        worker_id="w1", interval=0.2, dead_after=2, on_lost=on_lost
     )
     running.start()
     try:
@@ -558,7 +567,8 @@ def test_worker_that_cannot_renew_gives_up_before_its_lease_ends():
             WorkerHeartbeat.objects.select_for_update().filter(pk="w1").update(
                 hostname="locked by the test"
             )
-            assert lost.wait(running.dead_after), "kept running past its lease"
+            assert lost.wait(TIMEOUT), "kept running with its renewals hung"
+        assert lease_used[0] < running.dead_after
         assert WorkerHeartbeat.objects.get().hostname == "locked by the test"
     finally:
         running.stop()

@@ -422,7 +422,13 @@ async def test_a_delivery_behind_the_hand_over_is_dropped_once_closed(
     move = asyncio.create_task(polling_session.move_to(channel))
     await asyncio.wait_for(taken.wait(), TIMEOUT)
     delivery = asyncio.create_task(polling_session.deliver(['42["late"]']))
-    await asyncio.sleep(0)  # let it reach the lock the hand-over holds
+
+    async def delivery_waits() -> bool:
+        # asyncio.Lock's own queue (None until a first waiter): the delivery
+        # is parked on the lock the hand-over holds, the race this is about.
+        return bool(polling_session._delivering._waiters)
+
+    await until(delivery_waits, "the delivery to wait for the hand-over's lock")
     await polling_session.close("client closed")
     resume.set()
     await asyncio.wait_for(asyncio.gather(move, delivery), TIMEOUT)

@@ -144,8 +144,9 @@ def test_finished_jobs_are_pruned_and_waiting_ones_kept(settings) -> None:
 
 @pytest.mark.django_db
 def test_idle_worker_waits_until_the_next_outcome_is_due(settings) -> None:
-    settings.PAYMENTS_SIMULATED_DELAY = 0.5
+    settings.PAYMENTS_SIMULATED_DELAY = 5  # not due yet on a slow machine
     worker = make_worker()
+    worker.interval = 10  # the outcome, not the poll, ends the wait
     assert worker._idle_timeout() == worker.interval
 
     payment = services.payment_create(
@@ -155,7 +156,7 @@ def test_idle_worker_waits_until_the_next_outcome_is_due(settings) -> None:
 
     # Asked again when the gateway said, rounded up (SETTLE_AT_GRANULARITY).
     rounding = services.SETTLE_AT_GRANULARITY.total_seconds()
-    assert 0 < worker._idle_timeout() <= 0.5 + rounding
+    assert 0 < worker._idle_timeout() <= 5 + rounding
     payment.refresh_from_db()
     assert payment.status == "processing"
 
@@ -224,8 +225,10 @@ def test_one_claim_runs_every_queued_payment_job_and_records_each_result() -> No
 
 
 @pytest.mark.django_db
-def test_a_batch_costs_the_same_statements_whatever_its_size() -> None:
+def test_a_batch_costs_the_same_statements_whatever_its_size(monkeypatch) -> None:
     """The batch's steps are a few statements whatever its size."""
+    # One group of answers however slow the machine (its commit is timed).
+    monkeypatch.setattr(services, "GROUP_COMMIT_AFTER", 60)
 
     def statements_to_process(count: int) -> int:
         enqueued_payments(*["pm_card_visa"] * count)
@@ -465,8 +468,9 @@ def test_pending_charges_share_one_update_per_time_and_none_is_asked_early(
         for q in queries.captured_queries
         if q["sql"].startswith('UPDATE "payments_payment"') and "settle_at" in q["sql"]
     ]
-    # The same wait from the gateway: one time, or two across a 10-ms step.
-    assert len(updates) == len(times) <= 2
+    # The same wait from the gateway: one time, or two across a 10-ms step
+    # (more only on a machine that took longer than a step to charge them).
+    assert len(updates) == len(times) <= 2 + took // services.SETTLE_AT_GRANULARITY
     for payment in payments:
         charge = SimulatedCharge.objects.get(payment_id=payment.id)
         # Never before the gateway's time; after it by at most the wait for
