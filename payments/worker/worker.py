@@ -288,21 +288,19 @@ class WakeableWorker(Worker):
                 payment_ids=payment_ids, stopping=self._stopping
             )
             not_asked = set(answers.not_asked)
-            failed, succeeded = [], []
+            succeeded = []
             for job, payment_id in zip(jobs, payment_ids, strict=True):
                 if payment_id in answers.errors:
                     error = answers.errors[payment_id]
                     job.set_failed(error)
                     stored.add(job.pk)
-                    failed.append((job, error))
+                    self._send_finished(job, error)
                 elif payment_id in not_asked:
                     unrun.append(job)
                 else:
                     succeeded.append(job)
             _jobs_set_successful(succeeded)
             stored.update(job.pk for job in succeeded)
-            for job, error in failed:
-                self._send_finished(job, error)
             self._send_each(task_finished, succeeded)
             if unrun:
                 self._requeue(unrun)
