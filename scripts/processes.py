@@ -81,9 +81,15 @@ def worker_command(
     interval: float | str | None = None,
     worker_id: str | None = None,
     startup_delay: bool = True,
+    verbosity: int = 1,
 ) -> list[str]:
-    """django-tasks-db's db_worker; None keeps its default interval and id."""
+    """django-tasks-db's db_worker; None keeps its default interval and id.
+
+    ``verbosity`` 2 logs at DEBUG what the worker does between jobs.
+    """
     command = [PY, "manage.py", "db_worker", "--no-reload"]
+    if verbosity != 1:
+        command.append(f"--verbosity={verbosity}")
     if not startup_delay:
         command.append("--no-startup-delay")
     if interval is not None:

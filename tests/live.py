@@ -94,6 +94,7 @@ class LiveStack:
         self.env = env
         # Seconds between the worker's polls when no wake-up comes.
         self.worker_interval = "0.05"
+        self.worker_verbosity = 1
         self.redis_url = env["REDIS_URL"]
         self.channels_prefix = env["CHANNELS_PREFIX"]
         self.http_url = f"http://{HOST}:{port}"
@@ -182,7 +183,10 @@ class LiveStack:
         worker = Process(
             name,
             worker_command(
-                interval=self.worker_interval, worker_id=name, startup_delay=False
+                interval=self.worker_interval,
+                worker_id=name,
+                startup_delay=False,
+                verbosity=self.worker_verbosity,
             ),
             self.env,
         )
@@ -232,6 +236,7 @@ def live_stack(
     redis_url: str,
     channels_prefix: str,
     worker_interval: str = "0.05",
+    worker_verbosity: int = 1,
     worker: bool = True,
     **extra_env: str,
 ) -> Iterator[LiveStack]:
@@ -250,6 +255,7 @@ def live_stack(
     )
     stack = LiveStack(port=free_port(), env=env)
     stack.worker_interval = worker_interval
+    stack.worker_verbosity = worker_verbosity
     try:
         stack.start_web(wait=False)
         if worker:
@@ -261,7 +267,7 @@ def live_stack(
 
 
 @contextmanager
-def checked_stack(channels_prefix: str, **options: str) -> Iterator[LiveStack]:
+def checked_stack(channels_prefix: str, **options: Any) -> Iterator[LiveStack]:
     """Run web and worker processes on the test database; check how they ended.
 
     The test database and REDIS_URL of this pytest process, the channel

@@ -116,6 +116,9 @@ class WakeableWorker(Worker):
                     self._waiting = True
                     try:
                         if self.running:
+                            # The e2e tests wait for this line: the worker
+                            # is idle, so only a wake-up can start a job.
+                            logger.debug("idle; waiting up to %.2f s", timeout)
                             self.wakeups.wait(timeout)
                     finally:
                         self._waiting = False
@@ -280,7 +283,7 @@ class WakeableWorker(Worker):
         """
         self.running_task = True
         unrun: list[DBTaskResult] = []
-        stored: set[str] = set()  # pks of the jobs whose result is in the table
+        stored: set[uuid.UUID] = set()  # pks of the jobs whose result is stored
         try:
             self._send_each(task_started, jobs)
             payment_ids = [_job_payment_id(job) for job in jobs]
