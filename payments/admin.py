@@ -1,4 +1,4 @@
-"""Staff view of payments: money, status and the timeline, all read-only."""
+"""Staff view of payments: money, status and timeline, read-only but the description."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from django.db.models import QuerySet
 from django.forms import Script
 from django.http import HttpRequest
 
+from payments import services
 from payments.models import GatewayCall, Payment, PaymentEvent
 
 # Currencies whose minor unit is the major unit (ISO 4217 exponent 0).
@@ -85,6 +86,16 @@ class PaymentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Payments are created through the API, which enqueues their job.
         return False
+
+    def save_model(
+        self, request: HttpRequest, obj: Payment, form: Any, change: bool
+    ) -> None:
+        # Not obj.save(): the rest of the row is as the form loaded it, and
+        # the worker may have moved the payment on since.
+        if "description" in form.changed_data:
+            services.payment_update_description(
+                payment=obj, description=form.cleaned_data["description"]
+            )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Events protect their payment; history is never deleted from here.

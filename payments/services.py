@@ -50,9 +50,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
-# The longest a gateway's answer waits for its group's commit (seconds): the
-# answers of a batch are recorded together, but a slow provider's first
-# outcomes are not held back for the whole batch.
+# A batch's gateway answers are recorded together, in groups: a group is
+# committed once this long (seconds) has passed since it began, checked as
+# each answer comes. So an answer waits for its commit at most this plus the
+# next call: a slow provider's outcomes go one by one, not held back for the
+# whole batch, but a fast answer followed by a slow call waits for that call.
 GROUP_COMMIT_AFTER = 0.05
 # When the gateway says to ask again, rounded up to this: a pending charge
 # is asked at most this much later than its answer said, and answers with
@@ -129,9 +131,31 @@ def payment_create(
         # Same transaction as the row: no payment without its job, no job
         # without its payment.
         tasks.process_payment.enqueue(payment_id=str(payment.id))
-    metrics.PAYMENTS_CREATED.inc()
-    logger.info("payment created id=%s amount=%s %s", payment.id, amount, currency)
+    # After the commit, which is the caller's when this runs inside its
+    # transaction: a create rolled back later is neither counted nor logged.
+    transaction.on_commit(partial(_created, payment), robust=True)
     return payment
+
+
+def _created(payment: Payment) -> None:
+    metrics.PAYMENTS_CREATED.inc()
+    logger.info(
+        "payment created id=%s amount=%s %s",
+        payment.id,
+        payment.amount,
+        payment.currency,
+    )
+
+
+def payment_update_description(*, payment: Payment, description: str) -> None:
+    """Change what the payment is for, and nothing else of its row.
+
+    The admin's save writes every column from the copy its form loaded: a
+    status committed by the worker since then would be written back over,
+    with no event. This writes only the description (and ``updated_at``).
+    """
+    payment.description = description
+    payment.save(update_fields=["description", "updated_at"])
 
 
 def _payment_transition(
@@ -169,8 +193,9 @@ def _payments_transition(
 
     Return the payments moved, as stored. The rows are locked and read first
     (in primary-key order, so two batches cannot deadlock), which tells which
-    rows the one UPDATE moves: three statements for the batch, where a
-    conditional UPDATE and an INSERT per payment cost two round trips each.
+    rows the one UPDATE, conditional on the status too, moves: three
+    statements for the batch, where a conditional UPDATE and an INSERT per
+    payment cost two round trips each.
     ``details`` and ``versions`` are keyed by the payment id as a string.
     """
     if to_status not in TRANSITIONS[from_status]:
@@ -190,9 +215,9 @@ def _payments_transition(
         ]
         if not rows:
             return []
-        Payment.objects.filter(pk__in=[row.pk for row in rows]).update(
-            status=to_status, version=F("version") + 1, updated_at=now, **fields
-        )
+        Payment.objects.filter(
+            pk__in=[row.pk for row in rows], status=from_status
+        ).update(status=to_status, version=F("version") + 1, updated_at=now, **fields)
         events = PaymentEvent.objects.bulk_create(
             PaymentEvent(
                 payment=row,
@@ -338,8 +363,8 @@ def payments_process(
     outcomes applied. The batch's
     ``processing`` transitions are one transaction, each charge is its own
     gateway call, and their records and outcomes commit together
-    (``_payments_record_answers``), a group at most GROUP_COMMIT_AFTER
-    seconds old, so a slow gateway does not hold back the first outcomes.
+    (``_payments_record_answers``), in groups of GROUP_COMMIT_AFTER seconds
+    of calls, so a slow gateway does not hold back the first outcomes.
     The worker claims its queued jobs in batches for this
     (payments.worker.worker): per payment, one job's claim, run and result
     each cost a commit.

@@ -57,7 +57,8 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
             # Channels calls no disconnect() when a handler raises or the
             # server cancels the consumer: leave the groups here, or the
             # pub/sub layer keeps them (and their Redis subscriptions) for
-            # the life of the process.
+            # the life of the process, and uncount the socket.
+            self._uncount()
             await self._leave_all()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -87,10 +88,13 @@ class PaymentConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"event": "socket-id", "data": self.socket_id})
 
     async def disconnect(self, code: int) -> None:
+        self._uncount()
+        await self._leave_all()
+
+    def _uncount(self) -> None:
         if getattr(self, "counted", False):
             self.counted = False
             WEBSOCKETS_OPEN.dec()
-        await self._leave_all()
 
     async def _leave_all(self) -> None:
         joined = getattr(self, "joined", set())

@@ -6,16 +6,20 @@ catch up and drop duplicates the same way; this is that one piece.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
 from payments import selectors
 from realtime import groups
 from realtime.frames import FrameError
+
+logger = logging.getLogger(__name__)
 
 
 @database_sync_to_async
@@ -48,6 +52,18 @@ NOT_FOUND = (
     "payment_not_found",
     "payment_id: no payment with this id is visible to you.",
 )
+# The API's code for the same outage (503); the socket stays open.
+UNAVAILABLE = (
+    "service_unavailable",
+    "database: unavailable; subscribe again in a moment.",
+)
+
+
+def _unavailable(exc: DatabaseError) -> SubscriptionRefusedError:
+    # A warning, not a traceback per subscribing socket while the database
+    # restarts.
+    logger.warning("subscribe refused, database unavailable: %r", exc)
+    return SubscriptionRefusedError(*UNAVAILABLE)
 
 
 class PaymentSubscriptions:
@@ -69,8 +85,8 @@ class PaymentSubscriptions:
     async def subscribe(self, content: dict[str, Any], user: Any) -> dict | None:
         """Follow the payment named in ``content``; return its current data.
 
-        Raise SubscriptionRefusedError for a bad or invisible payment, or for
-        too many subscriptions.
+        Raise SubscriptionRefusedError for a bad or invisible payment, for
+        too many subscriptions, or while the database cannot be read.
         """
         payment_id = content.get("payment_id")
         client_secret = content.get("client_secret", "")
@@ -96,7 +112,11 @@ class PaymentSubscriptions:
         # Check before joining: a socket that joined the payment's group for
         # a refused subscribe, even for a moment, could be sent a status
         # change committed in that moment, and the frame would reach it.
-        if not await _payment_visible(payment_id, client_secret, user):
+        try:
+            visible = await _payment_visible(payment_id, client_secret, user)
+        except DatabaseError as exc:
+            raise _unavailable(exc) from None
+        if not visible:
             raise SubscriptionRefusedError(*NOT_FOUND)
         # Join before reading: a change committed after the read arrives as a
         # live frame, one committed before it is in the snapshot, and
@@ -106,8 +126,13 @@ class PaymentSubscriptions:
         # PUBLISH, which a loopback or LAN link does not do.)
         await self.join(groups.payment_group(payment_id))
         self.payment_ids.add(payment_id)
-        # None only if it stopped being visible since the check a moment ago.
-        return await _payment_snapshot(payment_id, client_secret, user)
+        try:
+            # None only if it stopped being visible since the check a moment ago.
+            return await _payment_snapshot(payment_id, client_secret, user)
+        except DatabaseError as exc:
+            # Followed already: live changes come; the client asks again
+            # for the snapshot.
+            raise _unavailable(exc) from None
 
     async def unsubscribe(self, content: dict[str, Any]) -> None:
         """Stop following the payment named in ``content`` (refused if not followed)."""

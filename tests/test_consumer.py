@@ -16,11 +16,12 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connections
+from django.db import OperationalError, connections
 from django.test import Client
+from prometheus_client import REGISTRY
 
 from config.asgi import application
-from payments import services
+from payments import selectors, services
 from payments.models import Payment
 from realtime import groups, notify
 from tests.conftest import CORE_LAYER, PUBSUB_LAYER
@@ -461,6 +462,58 @@ async def test_subscribe_refused_joins_nothing(
     assert await group_members(redis_client, isolated_channel_layer, group) == 0
     await start_processing(payment_id=payment.id)
     await assert_nothing_more(communicator, socket_id)
+
+
+@pytest.mark.parametrize(
+    "read", ["payment_get_visible", "payment_public_data_if_visible"]
+)
+async def test_subscribe_while_the_database_is_away_is_refused_and_retried(
+    connect: Connect, monkeypatch, read: str
+) -> None:
+    """The check or the snapshot fails: an error frame; the socket stays open."""
+    communicator, _ = await connect()
+    payment = await create_payment()
+    subscribe = {
+        "action": "subscribe",
+        "payment_id": str(payment.id),
+        "client_secret": payment.client_secret,
+    }
+    working = getattr(selectors, read)
+
+    def away(**kwargs: Any) -> Any:
+        raise OperationalError("connection failed: the server closed the connection")
+
+    monkeypatch.setattr(selectors, read, away)
+    await communicator.send_json_to(subscribe)
+    await expect_error(communicator, "service_unavailable")
+    await expect_still_open(communicator)
+
+    monkeypatch.setattr(selectors, read, working)
+    await communicator.send_json_to(subscribe)
+    await expect_status(communicator, payment, "pending", 1)
+
+
+async def test_a_socket_whose_consumer_crashed_is_no_longer_counted_open(
+    connect: Connect, monkeypatch
+) -> None:
+    def opened() -> float:
+        return REGISTRY.get_sample_value("realtime_websockets_open") or 0.0
+
+    before = opened()
+    communicator, _ = await connect()
+    assert opened() == before + 1
+
+    def bug(**kwargs: Any) -> Any:
+        raise RuntimeError("a bug in a selector")
+
+    monkeypatch.setattr(selectors, "payment_get_visible", bug)
+    await communicator.send_json_to(
+        {"action": "subscribe", "payment_id": str(uuid.uuid4())}
+    )
+    with pytest.raises(RuntimeError):
+        await communicator.wait(timeout=TIMEOUT)
+
+    assert opened() == before
 
 
 async def test_bound_and_subscribed_socket_gets_each_change_once(

@@ -198,15 +198,19 @@ def test_metrics_want_the_bearer_token(
 
 
 def test_metrics_show_counters_and_database_figures(
-    client: Client, settings, worker: str
+    client: Client, settings, worker: str, django_capture_on_commit_callbacks
 ) -> None:
     settings.METRICS_TOKEN = TOKEN
-    created = client.post(
-        "/api/payments/",
-        {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"},
-        content_type="application/json",
-    )
+    before = REGISTRY.get_sample_value("payments_created_total") or 0
+    # Counted once the create commits.
+    with django_capture_on_commit_callbacks(execute=True):
+        created = client.post(
+            "/api/payments/",
+            {"amount": 1000, "currency": "usd", "payment_method": "pm_card_visa"},
+            content_type="application/json",
+        )
     assert created.status_code == 202, created.content
+    assert REGISTRY.get_sample_value("payments_created_total") == before + 1
 
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
 
