@@ -401,73 +401,97 @@ def _payments_ask_gateway(
     the payments are not asked, and the answers so far are recorded.
     """
     errors: dict[str, Exception] = {}
-    answered: list[tuple[Payment, GatewayResult, GatewayCall]] = []
+    answered: list[tuple[Payment, GatewayResult]] = []
+    # The group's calls in the order made, those that raised among them.
+    calls: list[GatewayCall] = []
     group_started = time.monotonic()
     for index, payment in enumerate(payments):
         if stopping():
             not_asked = [str(p.id) for p in payments[index:]]
             break
         with request_id_bound(payment.request_id):
-            try:
-                result, call = _gateway_call(
-                    payment, operation, lambda p=payment: method(payment=p)
-                )
-            except Exception as exc:
+            answer, call = _gateway_call(
+                payment, operation, lambda p=payment: method(payment=p)
+            )
+            calls.append(call)
+            if isinstance(answer, Exception):
                 # GatewayError or not (a provider's library raising its own):
                 # one payment's failure is not the batch's, nor the worker's.
                 logger.warning(
                     "gateway %s failed payment=%s; recovery retries it",
                     operation,
                     payment.id,
-                    exc_info=True,
+                    exc_info=answer,
                 )
-                errors[str(payment.id)] = exc
+                errors[str(payment.id)] = answer
                 continue
-        answered.append((payment, result, call))
+        answered.append((payment, answer))
         if time.monotonic() - group_started >= GROUP_COMMIT_AFTER:
-            _payments_record_answers(answered)
-            answered, group_started = [], time.monotonic()
+            _payments_record_answers(calls, answered)
+            calls, answered, group_started = [], [], time.monotonic()
     else:
         not_asked = []
-    if answered:
-        _payments_record_answers(answered)
+    if calls:
+        _payments_record_answers(calls, answered)
     return GatewayAnswers(errors, not_asked)
 
 
+# A call's record keeps this much of the message of an error it raised.
+CALL_ERROR_MESSAGE_LENGTH = 500
+
+
 def _gateway_call(
-    payment: Payment, operation: str, call: Any
-) -> tuple[GatewayResult, GatewayCall]:
-    """Make one gateway call; return its result and its (unsaved) record."""
+    payment: Payment, operation: str, call: Callable[[], GatewayResult]
+) -> tuple[GatewayResult | Exception, GatewayCall]:
+    """Make one gateway call; return its result, or the error it raised, and its record.
+
+    The record is unsaved. A call that raised is recorded too, with the
+    outcome ``error``: a provider that timed out may have charged all the
+    same, and that attempt is the one a reconciliation looks for.
+    """
     started = time.perf_counter()
-    result: GatewayResult = call()
+    answer: GatewayResult | Exception
+    try:
+        answer = call()
+    except Exception as exc:
+        answer = exc
+        outcome = "error"
+        response: dict[str, Any] = {
+            "error": type(exc).__qualname__,
+            "message": str(exc)[:CALL_ERROR_MESSAGE_LENGTH],
+        }
+    else:
+        outcome = answer.outcome
+        response = {
+            "failure_code": answer.failure_code,
+            "failure_message": answer.failure_message,
+            "retry_after": answer.retry_after,
+            **answer.data,
+        }
     record = GatewayCall(
         payment=payment,
         gateway=get_gateway().name,
         operation=operation,
-        outcome=result.outcome,
-        response={
-            "failure_code": result.failure_code,
-            "failure_message": result.failure_message,
-            "retry_after": result.retry_after,
-            **result.data,
-        },
+        outcome=outcome,
+        response=response,
         duration_ms=int((time.perf_counter() - started) * 1000),
     )
-    return result, record
+    return answer, record
 
 
 def _payments_record_answers(
-    answered: list[tuple[Payment, GatewayResult, GatewayCall]],
+    calls: list[GatewayCall], answered: list[tuple[Payment, GatewayResult]]
 ) -> None:
-    """Record the gateway's answers and apply them: one transaction for them all.
+    """Record the gateway calls and apply their answers: one transaction for all.
 
-    Each call's record commits with what it decided, and independent
+    Each call's record commits with what it decided (a call that raised
+    decided nothing, and is recorded all the same), and independent
     transitions share the commit. A worker that dies before it repeats the
     calls (they are idempotent) and records them then.
     """
     with transaction.atomic():
-        GatewayCall.objects.bulk_create([call for _, _, call in answered])
-        _payments_apply_outcomes([(payment, result) for payment, result, _ in answered])
+        GatewayCall.objects.bulk_create(calls)
+        _payments_apply_outcomes(answered)
 
 
 def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> None:

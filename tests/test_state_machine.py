@@ -703,9 +703,13 @@ def test_settle_sweep_skips_a_payment_the_gateway_cannot_answer_for(settings):
         seconds=settings.PAYMENTS_STUCK_AFTER - 5
     )
     assert answered.status == PaymentStatus.SUCCEEDED
-    assert not GatewayCall.objects.filter(
-        payment=unanswered, operation="retrieve"
-    ).exists()
+    # The call that raised is recorded all the same, deciding nothing.
+    [call] = GatewayCall.objects.filter(payment=unanswered, operation="retrieve")
+    assert call.outcome == "error"
+    assert call.response == {
+        "error": "GatewayError",
+        "message": f"no charge was made for payment {unanswered.id}",
+    }
 
 
 class RetrieveRaisesGateway(SimulatedGateway):
@@ -733,6 +737,11 @@ def test_settle_sweep_survives_any_error_of_one_payments_retrieve(settings):
     fine.refresh_from_db()
     assert (failing.status, failing.settle_at) == (PaymentStatus.PROCESSING, None)
     assert fine.status == PaymentStatus.SUCCEEDED
+    assert set(
+        GatewayCall.objects.filter(operation="retrieve").values_list(
+            "payment_id", "outcome"
+        )
+    ) == {(failing.id, "error"), (fine.id, "succeeded")}
 
 
 @pytest.mark.django_db

@@ -274,6 +274,11 @@ def test_a_charge_that_raises_fails_its_own_job_only(settings) -> None:
     assert failing.status == "processing"
     assert failing.recheck_at > timezone.now()
     assert fine.status == "succeeded"
+    # Every call is recorded, the one that raised too.
+    assert set(GatewayCall.objects.values_list("payment_id", "outcome")) == {
+        (failing.id, "error"),
+        (fine.id, "succeeded"),
+    }
 
 
 @pytest.mark.django_db
