@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import sys
 from datetime import timedelta
@@ -593,6 +594,35 @@ def run_the_rest(settings) -> None:
     following._run_claimed(following._claim_batch())
     following._settle_check_at = 0.0
     following._settle_due()
+
+
+@pytest.mark.django_db
+def test_a_batch_charging_too_long_puts_the_rest_back_for_any_worker(
+    settings, monkeypatch, caplog
+) -> None:
+    """A slow provider's batch is not one worker's: past its time, the rest go back."""
+    monkeypatch.setattr(worker_module, "BATCH_CHARGE_TIME", 0.0)
+    payments = enqueued_payments(*["pm_card_visa"] * 3)
+    worker = make_worker()
+
+    with caplog.at_level(logging.INFO, logger="django_tasks_db"):
+        worker._run_claimed(worker._claim_batch())
+
+    # The first charge is always made, then the time is up.
+    [charged] = SimulatedCharge.objects.values_list("payment_id", flat=True)
+    rest = {str(p.id) for p in payments} - {str(charged)}
+    assert job_statuses() == {
+        str(charged): "SUCCESSFUL",
+        **dict.fromkeys(rest, "READY"),
+    }
+    assert "2 job(s) back in the queue" in caplog.text
+    assert "shutting down" not in caplog.text
+    assert worker.running
+
+    monkeypatch.undo()  # BATCH_CHARGE_TIME as it is
+    run_the_rest(settings)
+    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert GatewayCall.objects.filter(operation="charge").count() == 3
 
 
 @pytest.mark.django_db
