@@ -14,7 +14,7 @@ from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import BadRequest, RequestAborted
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
@@ -149,6 +149,19 @@ class SyncStackASGIHandler(ASGIHandler):
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
+
+    def create_request(
+        self, scope: Scope, body_file: Any
+    ) -> tuple[HttpRequest | None, HttpResponseBase | None]:
+        try:
+            return super().create_request(scope, body_file)
+        except BadRequest:
+            # Django 6.1 parses Content-Type as it builds the request and
+            # raises for a malformed one, which its handler does not catch:
+            # a 500 and a traceback, on any path.
+            return None, error_response(
+                400, "bad_request", "Content-Type: not a valid media type."
+            )
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable

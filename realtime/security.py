@@ -30,11 +30,22 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 def scope_request(scope: dict[str, Any]) -> HttpRequest:
     """Return Django's request for an ASGI scope (HTTP or WebSocket), body empty.
 
-    The query string is left out: it is not needed here, and Django would
-    fail to decode one that is not UTF-8.
+    The query string and Content-Type are left out: neither is needed here,
+    and Django fails on a query string that is not UTF-8 and raises for a
+    malformed Content-Type.
     """
+    headers = [
+        (name, value)
+        for name, value in scope.get("headers", [])
+        if name.lower() != b"content-type"
+    ]
     return ASGIRequest(
-        {**scope, "method": scope.get("method", "GET"), "query_string": b""},
+        {
+            **scope,
+            "method": scope.get("method", "GET"),
+            "query_string": b"",
+            "headers": headers,
+        },
         io.BytesIO(),
     )
 

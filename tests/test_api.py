@@ -307,7 +307,7 @@ def test_empty_body_is_400(api_client, url):
     assert_nothing_written()
 
 
-@pytest.mark.parametrize("url", [CREATE_URL, *SEED_URLS])
+@pytest.mark.parametrize("url", [CREATE_URL, *SEED_URLS, "/api/auth/token/"])
 def test_json_nested_too_deeply_is_400_parse_error(api_client, url):
     response = api_client.post(url, "[" * 100_000, content_type="application/json")
 

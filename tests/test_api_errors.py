@@ -110,6 +110,27 @@ async def test_more_form_fields_than_django_parses_gets_json_400(api) -> None:
     assert check(response, 400, "body")["code"] == "too_many_fields"
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain; a*=x'y'z", "application/json;" + "a=b;" * 3000]
+)
+async def test_a_malformed_content_type_is_json_400_on_any_path(
+    api, content_type: str, caplog
+) -> None:
+    for method, path in [
+        ("POST", "/api/payments/"),
+        ("GET", DETAIL),
+        ("POST", "/api/auth/token/"),
+        ("GET", "/healthz"),
+        ("GET", "/admin/login/"),
+    ]:
+        response = await api.request(
+            method, path, content=b"{}", headers={"Content-Type": content_type}
+        )
+
+        assert check(response, 400, "Content-Type")["code"] == "bad_request"
+    assert not [r for r in caplog.records if r.exc_info], caplog.records
+
+
 async def test_a_cors_preflight_is_204_with_no_body_and_no_type(api) -> None:
     preflight = {
         "Access-Control-Request-Method": "POST",

@@ -141,6 +141,19 @@ async def test_handshake_without_host_is_refused() -> None:
     )
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "content_type", [b"text/plain; a*=x'y'z", b"application/json;" + b"a=b;" * 3000]
+)
+async def test_a_malformed_content_type_does_not_matter_to_a_handshake(
+    content_type: bytes,
+) -> None:
+    """Django raises for one as it builds a request (the origin check's): ignored."""
+    headers = [(b"origin", CORS_ORIGIN.encode()), (b"host", b"testserver")]
+
+    assert await handshake([*headers, (b"content-type", content_type)]) is True
+
+
 # Paths -------------------------------------------------------------------------------
 
 

@@ -336,7 +336,7 @@ REST_FRAMEWORK = {
     # None believes any X-Forwarded-For, and a client that sends its own
     # gets a fresh per-address allowance with every request.
     "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["payments.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "payments.api.exception_handler.api_exception_handler",
     "NON_FIELD_ERRORS_KEY": "body",

@@ -10,7 +10,8 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import NotFound, ParseError, Throttled, ValidationError
+from rest_framework.exceptions import NotFound, Throttled, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -19,6 +20,7 @@ from payments import selectors, services
 from payments.api import idempotency, openapi
 from payments.api.filters import PaymentFilter
 from payments.api.pagination import PaymentPagination
+from payments.api.parsers import JSONParser
 from payments.api.serializers import (
     AuthTokenInputSerializer,
     PaymentCreateInputSerializer,
@@ -34,14 +36,6 @@ from payments.api.throttling import (
 )
 from payments.models import Payment
 from payments.payloads import payment_owner_data, payment_public_data
-
-
-def _request_data(request: Request) -> Any:
-    """Return the parsed body; JSON nested deeper than the parser can go is a 400."""
-    try:
-        return request.data
-    except RecursionError:
-        raise ParseError("JSON parse error - nested too deeply.") from None
 
 
 class CreatePermission(permissions.BasePermission):
@@ -75,7 +69,7 @@ class BasePaymentCreateApi(APIView):
         raise NotImplementedError
 
     def post(self, request: Request) -> Response:
-        serializer = self.input_serializer_class(data=_request_data(request))
+        serializer = self.input_serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
 
         def create() -> tuple[int, dict[str, Any], Payment]:
@@ -209,6 +203,8 @@ class AuthTokenApi(ObtainAuthToken):
 
     throttle_classes = [AuthTokenThrottle]
     serializer_class = AuthTokenInputSerializer
+    # ObtainAuthToken's own list, with the project's JSON parser.
+    parser_classes = [FormParser, MultiPartParser, JSONParser]
 
     @extend_schema(
         operation_id="auth_token_create",
