@@ -64,7 +64,11 @@ def test_decode_socket(text: str, packet: SocketPacket) -> None:
     assert packets.decode_socket(text) == packet
 
 
-@pytest.mark.parametrize("text", ["", "7", "x", "2[", "5[]", "2" + "1" * 16 + "[]"])
+@pytest.mark.parametrize(
+    # Digits to str.isdigit(), not ASCII: int() refuses "²" and reads "٣" as 3.
+    "text",
+    ["", "7", "x", "2[", "5[]", "2" + "1" * 16 + "[]", "²", "٣", "5²-[]", "5٣-[]"],
+)
 def test_decode_socket_refuses(text: str) -> None:
     with pytest.raises(PacketError):
         packets.decode_socket(text)

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from config.asgi import application
+from payments import selectors
 from realtime import groups
 from realtime.socketio import limits, owner, packets, sessions
 from realtime.socketio.websocket import WebSocketConsumer
 from tests.conftest import CORE_LAYER, PUBSUB_LAYER
+from tests.factories import PaymentFactory
 from tests.test_consumer import group_members, payment_frame_data, send_to_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -180,6 +184,44 @@ async def test_a_crash_in_a_handler_ends_an_upgraded_session_and_its_keys(
         )
 
     await until(owner_left, "the owner to leave its groups")
+
+
+async def test_a_session_closed_during_a_subscribe_keeps_no_group(
+    polling_session, redis_client, isolated_channel_layer: str, monkeypatch
+) -> None:
+    """The ping timeout's close() runs while the subscribe reads the database."""
+    payment = await database_sync_to_async(PaymentFactory.create)()
+    reading, go_on = threading.Event(), threading.Event()
+    visible = selectors.payment_get_visible
+
+    def held(**kwargs: Any) -> Any:
+        reading.set()
+        go_on.wait(TIMEOUT)
+        return visible(**kwargs)
+
+    monkeypatch.setattr(selectors, "payment_get_visible", held)
+    await polling_session.handle(["40"])  # the namespace's CONNECT
+    subscribe = asyncio.create_task(
+        polling_session.handle(
+            [
+                packets.event(
+                    "subscribe",
+                    {
+                        "payment_id": str(payment.id),
+                        "client_secret": payment.client_secret,
+                    },
+                )
+            ]
+        )
+    )
+    assert await asyncio.to_thread(reading.wait, TIMEOUT)
+    await polling_session.close("ping timeout")
+    go_on.set()
+    await asyncio.wait_for(subscribe, TIMEOUT)
+
+    assert polling_session.joined == set()
+    group = groups.payment_group(payment.id)
+    assert await group_members(redis_client, isolated_channel_layer, group) == 0
 
 
 @pytest.mark.parametrize("upgraded", [False, True], ids=["opened", "upgraded"])

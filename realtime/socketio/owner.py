@@ -403,8 +403,16 @@ class SessionOwner:
             )
 
     async def _join(self, group: str) -> None:
+        # close() runs in the ping task, maybe while a subscribe waits on the
+        # database: a group joined after it had left the others would be
+        # kept (and its Redis subscription) for the life of the process.
+        if self.closed:
+            return
         self.joined.add(group)
         await self.layer.group_add(group, self.channel)
+        if self.closed:  # during the add, which close() could not undo
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(group, self.channel)
 
     async def _leave(self, group: str) -> None:
         await self.layer.group_discard(group, self.channel)

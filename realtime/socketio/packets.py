@@ -106,13 +106,14 @@ def event(name: str, *args: Any) -> str:
 
 def decode_socket(text: str) -> SocketPacket:
     """Parse the data of an Engine.IO message packet as a Socket.IO packet."""
-    if not text or not text[0].isdigit() or int(text[0]) > BINARY_ACK:
+    # ASCII digits only: str.isdigit() takes "²" too, which int() refuses.
+    if not text or text[0] not in "0123456789" or int(text[0]) > BINARY_ACK:
         raise PacketError("packet: unknown Socket.IO packet type")
     kind, rest = int(text[0]), text[1:]
     attachments = 0
     if kind in (BINARY_EVENT, BINARY_ACK):
         count, dash, rest = rest.partition("-")
-        if not dash or not count.isdigit() or len(count) > 6:
+        if not dash or not (count.isascii() and count.isdigit()) or len(count) > 6:
             raise PacketError("packet: malformed attachment count")
         attachments = int(count)
     namespace = DEFAULT_NAMESPACE

@@ -74,7 +74,8 @@ class PollingConsumer(AsyncHttpConsumer):
         limit = settings.SOCKETIO_MAX_PAYLOAD
         length = _header(self.scope, b"content-length")
         received = sum(map(len, self.body)) + len(message.get("body", b""))
-        if (length is not None and (not length.isdigit() or int(length) > limit)) or (
+        digits = length is not None and length.isascii() and length.isdigit()
+        if (length is not None and (not digits or int(length) > limit)) or (
             received > limit
         ):
             self.answered = True
