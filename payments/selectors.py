@@ -94,21 +94,30 @@ def payment_ids_with_open_job(*, payment_ids: list[Any]) -> set[str]:
 
 
 def payment_method_outcomes() -> list[dict[str, str]]:
-    """Return the simulated gateway's test methods and the outcome of each.
+    """Return the configured gateway's payment methods and, where known, their outcomes.
 
-    For the page at / (its card chooser): the same table the gateway charges by.
+    For the page at / (its card chooser): the methods the API accepts, with
+    the outcome the simulated gateway gives each of its test methods (the
+    same table it charges by); another gateway's methods have none to show.
     """
+    from payments.gateways import get_gateway
     from payments.gateways.simulated import OUTCOMES
 
-    return [
-        {
-            "method": method,
-            "outcome": str(outcome.value),
-            "failure_code": code,
-            "failure_message": message,
-        }
-        for method, (outcome, code, message) in OUTCOMES.items()
-    ]
+    accepted = get_gateway().payment_methods
+    known = [method for method in OUTCOMES if method in accepted]
+    methods = [*known, *sorted(accepted - set(known))]
+    rows = []
+    for method in methods:
+        outcome, code, message = OUTCOMES.get(method, ("", "", ""))
+        rows.append(
+            {
+                "method": method,
+                "outcome": str(outcome),
+                "failure_code": code,
+                "failure_message": message,
+            }
+        )
+    return rows
 
 
 def payment_next_settle_at() -> datetime | None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from payments import gateways
+from payments import gateways, selectors
 from payments.gateways import (
     BaseGateway,
     GatewayError,
@@ -233,3 +233,24 @@ def test_get_gateway_with_bad_path_raises(settings):
 
     with pytest.raises(ImportError):
         get_gateway()
+
+
+def test_the_pages_card_chooser_lists_the_configured_gateways_methods(settings):
+    simulated = selectors.payment_method_outcomes()
+    assert [m["method"] for m in simulated][:2] == [
+        "pm_card_visa",
+        "pm_card_mastercard",
+    ]
+    assert {m["method"] for m in simulated} == SimulatedGateway.payment_methods
+    declined = next(m for m in simulated if m["method"] == "pm_card_chargeDeclined")
+    assert (declined["outcome"], declined["failure_code"]) == (
+        "failed",
+        "card_declined",
+    )
+
+    settings.PAYMENTS_GATEWAY = "tests.test_gateway.OtherGateway"
+
+    # What the API accepts, with no simulated outcome to promise.
+    assert selectors.payment_method_outcomes() == [
+        {"method": "pm_other", "outcome": "", "failure_code": "", "failure_message": ""}
+    ]
