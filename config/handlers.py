@@ -159,9 +159,16 @@ class SyncStackASGIHandler(ASGIHandler):
             # Django 6.1 parses Content-Type as it builds the request and
             # raises for a malformed one, which its handler does not catch:
             # a 500 and a traceback, on any path.
-            return None, error_response(
+            response = error_response(
                 400, "bad_request", "Content-Type: not a valid media type."
             )
+        # Without the header, the request is only for django-cors-headers,
+        # as in busy_response: a page on an allowed origin reads the answer.
+        headers = [h for h in scope["headers"] if h[0].lower() != b"content-type"]
+        request, _ = super().create_request({**scope, "headers": headers}, body_file)
+        if request is not None:
+            CorsMiddleware(lambda _: response).add_response_headers(request, response)
+        return None, response
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable

@@ -215,9 +215,13 @@ def _payments_transition(
         ]
         if not rows:
             return []
-        Payment.objects.filter(
+        moved = Payment.objects.filter(
             pk__in=[row.pk for row in rows], status=from_status
         ).update(status=to_status, version=F("version") + 1, updated_at=now, **fields)
+        if moved != len(rows):
+            # Only a database that did not hold the lock: no event may be
+            # written for a row that did not move.
+            raise RuntimeError(f"{len(rows) - moved} locked payment(s) changed")
         events = PaymentEvent.objects.bulk_create(
             PaymentEvent(
                 payment=row,
@@ -424,8 +428,8 @@ def _payments_ask_gateway(
                     exc_info=answer,
                 )
                 errors[str(payment.id)] = answer
-                continue
-        answered.append((payment, answer))
+            else:
+                answered.append((payment, answer))
         if time.monotonic() - group_started >= GROUP_COMMIT_AFTER:
             _payments_record_answers(calls, answered)
             calls, answered, group_started = [], [], time.monotonic()
@@ -458,7 +462,7 @@ def _gateway_call(
         outcome = "error"
         response: dict[str, Any] = {
             "error": type(exc).__qualname__,
-            "message": str(exc)[:CALL_ERROR_MESSAGE_LENGTH],
+            "message": _storable_text(str(exc)[:CALL_ERROR_MESSAGE_LENGTH]),
         }
     else:
         outcome = answer.outcome
@@ -477,6 +481,15 @@ def _gateway_call(
         duration_ms=int((time.perf_counter() - started) * 1000),
     )
     return answer, record
+
+
+def _storable_text(text: str) -> str:
+    """``text`` as PostgreSQL's jsonb takes it: no NUL, no lone surrogate.
+
+    A provider's error message is not ours to trust; one it refused would
+    roll back the whole group's records and outcomes.
+    """
+    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode()
 
 
 def _payments_record_answers(

@@ -8,13 +8,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from ops import readiness
+from payments import services
 from payments.api.throttling import PaymentCreateAnonThrottle
 from payments.models import Payment, WorkerHeartbeat
 from payments.worker.heartbeat import heartbeat_register
@@ -195,6 +196,25 @@ def test_metrics_want_the_bearer_token(
     assert response["WWW-Authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == "not_authenticated"
     assert TOKEN.encode() not in response.content
+
+
+@pytest.mark.django_db
+def test_a_create_rolled_back_is_not_counted(
+    django_capture_on_commit_callbacks,
+) -> None:
+    before = REGISTRY.get_sample_value("payments_created_total") or 0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        with pytest.raises(RuntimeError), transaction.atomic():
+            services.payment_create(
+                amount=1000, currency="usd", payment_method="pm_card_visa"
+            )
+            raise RuntimeError("the idempotency key's write failed, say")
+        services.payment_create(
+            amount=1000, currency="usd", payment_method="pm_card_visa"
+        )
+
+    assert REGISTRY.get_sample_value("payments_created_total") == before + 1
 
 
 def test_metrics_show_counters_and_database_figures(

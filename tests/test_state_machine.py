@@ -717,7 +717,8 @@ class RetrieveRaisesGateway(SimulatedGateway):
 
     def retrieve(self, *, payment):
         if payment.payment_method == "pm_card_mastercard":
-            raise ConnectionError("provider unreachable")
+            # What no jsonb takes, as a provider's message may hold.
+            raise ConnectionError("provider\x00 unreachable \ud800")
         return super().retrieve(payment=payment)
 
 
@@ -742,6 +743,11 @@ def test_settle_sweep_survives_any_error_of_one_payments_retrieve(settings):
             "payment_id", "outcome"
         )
     ) == {(failing.id, "error"), (fine.id, "succeeded")}
+    error = GatewayCall.objects.get(payment=failing, outcome="error").response
+    assert error == {
+        "error": "ConnectionError",
+        "message": "provider unreachable \\ud800",
+    }
 
 
 @pytest.mark.django_db

@@ -597,16 +597,20 @@ def run_the_rest(settings) -> None:
 
 
 @pytest.mark.django_db
-def test_a_batch_charging_too_long_puts_the_rest_back_for_any_worker(
-    settings, monkeypatch, caplog
+def test_a_batch_charging_too_long_leaves_the_rest_to_the_other_workers(
+    monkeypatch, caplog
 ) -> None:
-    """A slow provider's batch is not one worker's: past its time, the rest go back."""
+    """A slow provider's queue is shared: past its time a batch puts the rest back.
+
+    And its worker's next claim takes only what it charged in the time, so
+    the other workers, woken, find the rest.
+    """
     monkeypatch.setattr(worker_module, "BATCH_CHARGE_TIME", 0.0)
-    payments = enqueued_payments(*["pm_card_visa"] * 3)
-    worker = make_worker()
+    payments = enqueued_payments(*["pm_card_visa"] * 4)
+    slow, other = make_worker(), make_worker()
 
     with caplog.at_level(logging.INFO, logger="django_tasks_db"):
-        worker._run_claimed(worker._claim_batch())
+        slow._run_claimed(slow._claim_batch())
 
     # The first charge is always made, then the time is up.
     [charged] = SimulatedCharge.objects.values_list("payment_id", flat=True)
@@ -615,14 +619,22 @@ def test_a_batch_charging_too_long_puts_the_rest_back_for_any_worker(
         str(charged): "SUCCESSFUL",
         **dict.fromkeys(rest, "READY"),
     }
-    assert "2 job(s) back in the queue" in caplog.text
+    assert "3 job(s) back in the queue" in caplog.text
     assert "shutting down" not in caplog.text
-    assert worker.running
+    assert slow.running
+    assert len(slow._claim_batch()) == 1
+    assert len(other._claim_batch()) == 2
 
-    monkeypatch.undo()  # BATCH_CHARGE_TIME as it is
-    run_the_rest(settings)
-    assert set(Payment.objects.values_list("status", flat=True)) == {"succeeded"}
-    assert GatewayCall.objects.filter(operation="charge").count() == 3
+
+@pytest.mark.django_db
+def test_a_batch_in_time_lets_the_next_claim_grow_back() -> None:
+    worker = make_worker()
+    worker._claim_limit = 1
+    enqueued_payments(*["pm_card_visa"] * 3)
+
+    worker._run_claimed(worker._claim_batch())
+    assert worker._claim_limit == 2
+    assert len(worker._claim_batch()) == 2
 
 
 @pytest.mark.django_db

@@ -43,10 +43,12 @@ SETTLE_BATCH = 100
 # transitions' commits and a result each. A worker takes what is queued, so
 # a busy queue makes the batches and an idle one runs each job as it comes.
 CLAIM_BATCH = 50
-# Seconds of charging after which a batch stops and puts the jobs it has not
-# reached back in the queue, waking the other workers: with a provider that
-# takes 300 ms a call, the fiftieth payment of a batch would wait 15 s in one
-# worker while the others found the queue empty. The simulated gateway
+# Seconds of gateway calls after which a batch (or a settle sweep) stops and
+# leaves what it has not reached to the next: with a provider that takes
+# 300 ms a call, the fiftieth payment of a batch would wait 15 s in one worker
+# while the others found the queue empty. The jobs go back in the queue and
+# wake the other workers, and this worker's next claims take only as many as
+# it charged in the time, so the others get the rest. The simulated gateway
 # charges a batch of 50 in well under this.
 BATCH_CHARGE_TIME = 1.0
 PROCESS_PAYMENT = tasks.process_payment.module_path
@@ -87,6 +89,10 @@ class WakeableWorker(Worker):
         self.wakeups = WakeupListener()
         self._waiting = False
         self._settle_check_at = 0.0
+        # Jobs the next claim takes: cut to what a batch charged in
+        # BATCH_CHARGE_TIME once one ran out of it, doubled back after each
+        # that did not.
+        self._claim_limit = CLAIM_BATCH
 
     def run(self) -> None:
         keep_connections_between_jobs()
@@ -162,7 +168,7 @@ class WakeableWorker(Worker):
         self._settle_check_at = now + SETTLE_CHECK_INTERVAL
         try:
             settled = services.payments_settle_due(
-                limit=SETTLE_BATCH, stopping=self._stopping
+                limit=SETTLE_BATCH, stopping=self._batch_stopping()
             )
         except OperationalError as exc:
             # A locked SQLite database unlocks eventually; the next look
@@ -219,7 +225,7 @@ class WakeableWorker(Worker):
 
     def _claim_batch(self) -> list[DBTaskResult]:
         """Claim up to CLAIM_BATCH ready jobs (at most what --max-tasks leaves)."""
-        limit = CLAIM_BATCH
+        limit = self._claim_limit
         if self.max_tasks is not None:
             limit = min(limit, self.max_tasks - self._run_tasks)
         tasks = self._tasks().ready()
@@ -323,7 +329,10 @@ class WakeableWorker(Worker):
             stored.update(job.pk for job in succeeded)
             self._send_each(task_finished, succeeded)
             if unrun:
+                self._claim_limit = max(1, len(jobs) - len(unrun))
                 self._requeue(unrun)
+            else:
+                self._claim_limit = min(CLAIM_BATCH, self._claim_limit * 2)
         except (SystemExit, KeyboardInterrupt):
             # A second SIGTERM (django-tasks-db's shutdown exits mid-charge):
             # the jobs are run again, not failed and left to recovery. Those
@@ -345,10 +354,10 @@ class WakeableWorker(Worker):
             self._run_tasks += len(jobs) - len(unrun)
 
     def _batch_stopping(self) -> Callable[[], bool]:
-        """A batch's stopping(): told to stop, or charging for BATCH_CHARGE_TIME.
+        """A batch's or sweep's stopping(): told to stop, or BATCH_CHARGE_TIME up.
 
-        The time runs from the first charge, which is always made: a batch
-        held up before it (a slow database) still moves the queue on.
+        The time runs from the first gateway call, which is always made: a
+        batch held up before it (a slow database) still moves the queue on.
         """
         first_charge: list[float] = []
 
