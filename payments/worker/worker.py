@@ -224,7 +224,7 @@ class WakeableWorker(Worker):
         return max(0.0, min(waits))
 
     def _claim_batch(self) -> list[DBTaskResult]:
-        """Claim up to CLAIM_BATCH ready jobs (at most what --max-tasks leaves)."""
+        """Claim up to _claim_limit ready jobs (at most what --max-tasks leaves)."""
         limit = self._claim_limit
         if self.max_tasks is not None:
             limit = min(limit, self.max_tasks - self._run_tasks)
