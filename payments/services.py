@@ -51,8 +51,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 # A batch's gateway answers are recorded together, in groups: a group is
-# committed once this long (seconds) has passed since it began, checked as
-# each answer comes. So an answer waits for its commit at most this plus the
+# committed once this long (seconds) has passed since it began, checked
+# after each call. So an answer waits for its commit at most this plus the
 # next call: a slow provider's outcomes go one by one, not held back for the
 # whole batch, but a fast answer followed by a slow call waits for that call.
 GROUP_COMMIT_AFTER = 0.05
