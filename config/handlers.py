@@ -20,6 +20,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
 
 from config.errors import error_response
+from realtime.security import scope_request
 
 logger = logging.getLogger(__name__)
 
@@ -162,13 +163,7 @@ class SyncStackASGIHandler(ASGIHandler):
             response = error_response(
                 400, "bad_request", "Content-Type: not a valid media type."
             )
-        # Without the header, the request is only for django-cors-headers,
-        # as in busy_response: a page on an allowed origin reads the answer.
-        headers = [h for h in scope["headers"] if h[0].lower() != b"content-type"]
-        request, _ = super().create_request({**scope, "headers": headers}, body_file)
-        if request is not None:
-            CorsMiddleware(lambda _: response).add_response_headers(request, response)
-        return None, response
+            return None, _with_cors_headers(scope, response)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -193,29 +188,28 @@ class SyncStackASGIHandler(ASGIHandler):
                 scope["path"],
             )
             with closing(body):
-                await self.send_response(self.busy_response(scope, body), send)
+                await self.send_response(self.busy_response(scope), send)
             return
         # In place of ASGIHandler.__call__'s ThreadSensitiveContext(), which
         # starts a thread per request.
         async with self.threads.use(executor):
             await self.handle(scope, BodyRead(receive, body), send)
 
-    def busy_response(self, scope: Scope, body: Any) -> HttpResponseBase:
+    def busy_response(self, scope: Scope) -> HttpResponseBase:
         """503 in the API's error shape, made without a thread to run Django in.
 
         Django's middleware does not run, so django-cors-headers adds its
         headers here, for a page on an allowed origin to read the answer.
         """
-        response = error_response(
-            503,
-            "service_unavailable",
-            "server: every request thread is busy; retry shortly.",
-            headers={"Retry-After": "1"},
+        return _with_cors_headers(
+            scope,
+            error_response(
+                503,
+                "service_unavailable",
+                "server: every request thread is busy; retry shortly.",
+                headers={"Retry-After": "1"},
+            ),
         )
-        request, _ = self.create_request(scope, body)
-        if request is not None:
-            CorsMiddleware(lambda _: response).add_response_headers(request, response)
-        return response
 
     async def read_body(self, receive: ASGIReceiveCallable) -> Any:
         if isinstance(receive, BodyRead):
@@ -226,6 +220,18 @@ class SyncStackASGIHandler(ASGIHandler):
         # BaseHandler.get_response: the same steps (URLconf, chain, closers,
         # logging of 4xx/5xx) as get_response_async, synchronously.
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+
+
+def _with_cors_headers(scope: Scope, response: HttpResponseBase) -> HttpResponseBase:
+    """Add django-cors-headers' headers to an answer made without the middleware.
+
+    So that a page on an allowed origin can read it. The request is only for
+    CorsMiddleware: scope_request's, which needs no body and no valid
+    Content-Type.
+    """
+    request = scope_request(dict(scope))
+    CorsMiddleware(lambda _: response).add_response_headers(request, response)
+    return response
 
 
 class BodyRead:

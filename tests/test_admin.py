@@ -65,7 +65,7 @@ def test_saving_the_description_keeps_a_status_committed_since_the_page_read_it(
 
 
 @pytest.mark.django_db
-def test_saving_an_unchanged_form_writes_nothing(staff_client, settings) -> None:
+def test_saving_an_unchanged_form_writes_nothing(staff_client) -> None:
     payment = services.payment_create(
         amount=1000, currency="usd", payment_method="pm_card_visa"
     )

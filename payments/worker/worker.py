@@ -359,15 +359,16 @@ class WakeableWorker(Worker):
         The time runs from the first gateway call, which is always made: a
         batch held up before it (a slow database) still moves the queue on.
         """
-        first_charge: list[float] = []
+        first_call: float | None = None
 
         def stopping() -> bool:
+            nonlocal first_call
             if self._stopping():
                 return True
-            if not first_charge:
-                first_charge.append(time.monotonic())
+            if first_call is None:
+                first_call = time.monotonic()
                 return False
-            return time.monotonic() - first_charge[0] >= BATCH_CHARGE_TIME
+            return time.monotonic() - first_call >= BATCH_CHARGE_TIME
 
         return stopping
 

@@ -74,10 +74,11 @@ class PollingConsumer(AsyncHttpConsumer):
         limit = settings.SOCKETIO_MAX_PAYLOAD
         length = _header(self.scope, b"content-length")
         received = sum(map(len, self.body)) + len(message.get("body", b""))
-        digits = length is not None and length.isascii() and length.isdigit()
-        if (length is not None and (not digits or int(length) > limit)) or (
-            received > limit
-        ):
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        declared_too_long = length is not None and not (
+            length.isascii() and length.isdigit() and int(length) <= limit
+        )
+        if declared_too_long or received > limit:
             self.answered = True
             await self.send_error(
                 RequestError(413, "payload_too_large", f"body: at most {limit} bytes.")
