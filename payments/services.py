@@ -24,6 +24,7 @@ from ops import metrics
 from ops.request_id import current_request_id, request_id_bound
 from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
+from payments.gateways.answers import answer_taken_in, storable_text
 from payments.models import (
     TERMINAL_STATUSES,
     GatewayCall,
@@ -456,13 +457,13 @@ def _gateway_call(
     started = time.perf_counter()
     answer: GatewayResult | Exception
     try:
-        answer = call()
+        answer = answer_taken_in(call())
     except Exception as exc:
         answer = exc
         outcome = "error"
         response: dict[str, Any] = {
             "error": type(exc).__qualname__,
-            "message": _storable_text(str(exc)[:CALL_ERROR_MESSAGE_LENGTH]),
+            "message": storable_text(str(exc)[:CALL_ERROR_MESSAGE_LENGTH]),
         }
     else:
         outcome = answer.outcome
@@ -481,15 +482,6 @@ def _gateway_call(
         duration_ms=int((time.perf_counter() - started) * 1000),
     )
     return answer, record
-
-
-def _storable_text(text: str) -> str:
-    """``text`` as PostgreSQL's jsonb takes it: no NUL, no lone surrogate.
-
-    A provider's error message is not ours to trust; one it refused would
-    roll back the whole group's records and outcomes.
-    """
-    return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode()
 
 
 def _payments_record_answers(
@@ -522,10 +514,7 @@ def _payments_apply_outcomes(answers: list[tuple[Payment, GatewayResult]]) -> No
     failed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for payment, result in answers:
         if result.outcome == Outcome.FAILED:
-            reason = (
-                result.failure_code,
-                _stored_failure_message(result.failure_message),
-            )
+            reason = (result.failure_code, result.failure_message)
             failed.setdefault(reason, {})[str(payment.id)] = result.data
     for (code, message), details in failed.items():
         _payments_transition(

@@ -279,7 +279,13 @@ def checked_stack(channels_prefix: str, **options: Any) -> Iterator[LiveStack]:
         channels_prefix=channels_prefix,
         **options,
     ) as stack:
-        yield stack
+        try:
+            yield stack
+        except BaseException:
+            # The test failed in the block: what every process (a killed one
+            # too) printed so far, which pytest shows with the failure.
+            print(stack.report())
+            raise
         # Checked before stopping: a process that died during the test is a bug.
         crashed = [p for p in stack.processes if p.returncode is not None]
     for process in stack.processes:

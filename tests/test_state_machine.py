@@ -13,7 +13,8 @@ from django_tasks_db.models import DBTaskResult
 
 from ops.request_id import RequestIdFilter, request_id_bound
 from payments import services
-from payments.gateways import GatewayResult, Outcome
+from payments.gateways import GatewayError, GatewayResult, Outcome
+from payments.gateways.answers import MAX_DATA_DEPTH, MAX_RETRY_AFTER
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import (
     GatewayCall,
@@ -748,6 +749,154 @@ def test_settle_sweep_survives_any_error_of_one_payments_retrieve(settings):
         "error": "ConnectionError",
         "message": "provider unreachable \\ud800",
     }
+
+
+# What a provider answers for a payment, by its payment method; pm_card_visa
+# is charged as the simulated gateway does, in the same batch.
+HOSTILE_ANSWERS = {}
+
+
+class HostileAnswerGateway(SimulatedGateway):
+    """A provider whose answers hold what no column or jsonb takes as they are."""
+
+    def charge(self, *, payment):
+        if payment.payment_method in HOSTILE_ANSWERS:
+            return HOSTILE_ANSWERS[payment.payment_method]
+        return super().charge(payment=payment)
+
+
+def charge_batch_with(settings, monkeypatch, answer):
+    """Charge a payment answered ``answer`` and a plain one in one batch."""
+    settings.PAYMENTS_GATEWAY = f"{__name__}.HostileAnswerGateway"
+    monkeypatch.setitem(HOSTILE_ANSWERS, "pm_card_mastercard", answer)
+    hostile = PaymentFactory(payment_method="pm_card_mastercard")
+    plain = PaymentFactory(payment_method="pm_card_visa")
+    answers = services.payments_process(payment_ids=[hostile.id, plain.id])
+    hostile.refresh_from_db()
+    plain.refresh_from_db()
+    # One answer's values never take the batch's commit down with them.
+    assert plain.status == PaymentStatus.SUCCEEDED
+    return hostile, answers
+
+
+@pytest.mark.django_db
+def test_an_answers_texts_are_cleaned_and_cut_before_they_are_stored(
+    settings, monkeypatch
+):
+    answer = GatewayResult(
+        Outcome.FAILED,
+        failure_code="card\x00_declined\ud800" + "x" * 100,
+        failure_message="declined\x00 \udfff" + "y" * 300,
+        data={"charge\x00": ["ch\x00_1", {"note": "\ud800"}], "n": 1.5},
+    )
+    hostile, answers = charge_batch_with(settings, monkeypatch, answer)
+
+    assert answers.errors == {}
+    assert hostile.status == PaymentStatus.FAILED
+    assert hostile.failure_code == ("card_declined\\ud800" + "x" * 100)[:64]
+    assert hostile.failure_message == ("declined \\udfff" + "y" * 300)[:255]
+    [call] = GatewayCall.objects.filter(payment=hostile)
+    assert call.outcome == "failed"
+    assert call.response == {
+        "failure_code": hostile.failure_code,
+        "failure_message": hostile.failure_message,
+        "retry_after": 0.0,
+        "charge": ["ch_1", {"note": "\\ud800"}],
+        "n": 1.5,
+    }
+    event = PaymentEvent.objects.get(payment=hostile, to_status=PaymentStatus.FAILED)
+    assert event.detail == {"charge": ["ch_1", {"note": "\\ud800"}], "n": 1.5}
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        pytest.param(None, "answer: NoneType, not a GatewayResult", id="none"),
+        pytest.param(
+            GatewayResult("maybe"), "outcome: unknown ('maybe')", id="unknown-outcome"
+        ),
+        pytest.param(
+            GatewayResult(Outcome.PENDING, retry_after=float("nan")),
+            "retry_after: not a number (nan)",
+            id="retry-after-nan",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.PENDING, retry_after="5"),
+            "retry_after: not a number ('5')",
+            id="retry-after-text",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.FAILED, failure_code=None),
+            "failure_code: NoneType, not a string",
+            id="code-none",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.SUCCEEDED, data=["ch_1"]),
+            "data: list, not a dict",
+            id="data-list",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.SUCCEEDED, data={"amount": float("inf")}),
+            "data: inf is not JSON",
+            id="data-inf",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.SUCCEEDED, data={"at": {1, 2}}),
+            "data: set is not JSON",
+            id="data-set",
+        ),
+        pytest.param(
+            GatewayResult(Outcome.SUCCEEDED, data={1: "one"}),
+            "data: key 1 is not a string",
+            id="data-int-key",
+        ),
+    ],
+)
+@pytest.mark.django_db
+def test_an_answer_that_cannot_be_stored_is_a_gateway_error(
+    settings, monkeypatch, answer, message
+):
+    """Recorded as an error call and left processing, for recovery to ask again."""
+    hostile, answers = charge_batch_with(settings, monkeypatch, answer)
+
+    assert hostile.status == PaymentStatus.PROCESSING
+    assert isinstance(answers.errors[str(hostile.id)], GatewayError)
+    [call] = GatewayCall.objects.filter(payment=hostile)
+    assert (call.outcome, call.response) == (
+        "error",
+        {"error": "GatewayError", "message": message},
+    )
+
+
+@pytest.mark.django_db
+def test_an_answer_nested_past_the_bound_is_a_gateway_error(settings, monkeypatch):
+    data = {}
+    for _ in range(100):
+        data = {"d": data}
+    hostile, _ = charge_batch_with(
+        settings, monkeypatch, GatewayResult(Outcome.SUCCEEDED, data=data)
+    )
+
+    assert hostile.status == PaymentStatus.PROCESSING
+    assert GatewayCall.objects.get(payment=hostile).response["message"] == (
+        f"data: nested deeper than {MAX_DATA_DEPTH}"
+    )
+
+
+@pytest.mark.parametrize("retry_after", [1e300, float("inf"), -5])
+@pytest.mark.django_db
+def test_a_pending_answers_wait_is_bounded(settings, monkeypatch, retry_after):
+    before = timezone.now()
+    hostile, answers = charge_batch_with(
+        settings, monkeypatch, GatewayResult(Outcome.PENDING, retry_after=retry_after)
+    )
+
+    assert answers.errors == {}
+    assert hostile.status == PaymentStatus.PROCESSING
+    wait = min(max(retry_after, 0), MAX_RETRY_AFTER)
+    assert before + timedelta(seconds=wait) <= hostile.settle_at
+    assert hostile.settle_at <= timezone.now() + timedelta(seconds=wait + 1)
+    assert GatewayCall.objects.get(payment=hostile).response["retry_after"] == wait
 
 
 @pytest.mark.django_db
