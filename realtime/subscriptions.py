@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -59,11 +60,16 @@ UNAVAILABLE = (
 )
 
 
-def _unavailable(exc: DatabaseError) -> SubscriptionRefusedError:
-    # A warning, not a traceback per subscribing socket while the database
-    # restarts.
-    logger.warning("subscribe refused, database unavailable: %r", exc)
-    return SubscriptionRefusedError(*UNAVAILABLE)
+@contextmanager
+def _refused_while_database_away() -> Iterator[None]:
+    """Turn a database error in the block into the ``service_unavailable`` refusal."""
+    try:
+        yield
+    except DatabaseError as exc:
+        # A warning, not a traceback per subscribing socket while the
+        # database restarts.
+        logger.warning("subscribe refused, database unavailable: %r", exc)
+        raise SubscriptionRefusedError(*UNAVAILABLE) from None
 
 
 class PaymentSubscriptions:
@@ -112,10 +118,8 @@ class PaymentSubscriptions:
         # Check before joining: a socket that joined the payment's group for
         # a refused subscribe, even for a moment, could be sent a status
         # change committed in that moment, and the frame would reach it.
-        try:
+        with _refused_while_database_away():
             visible = await _payment_visible(payment_id, client_secret, user)
-        except DatabaseError as exc:
-            raise _unavailable(exc) from None
         if not visible:
             raise SubscriptionRefusedError(*NOT_FOUND)
         # Join before reading: a change committed after the read arrives as a
@@ -126,13 +130,11 @@ class PaymentSubscriptions:
         # PUBLISH, which a loopback or LAN link does not do.)
         await self.join(groups.payment_group(payment_id))
         self.payment_ids.add(payment_id)
-        try:
+        # Refused here, it is followed already: live changes come, and the
+        # client asks again for the snapshot.
+        with _refused_while_database_away():
             # None only if it stopped being visible since the check a moment ago.
             return await _payment_snapshot(payment_id, client_secret, user)
-        except DatabaseError as exc:
-            # Followed already: live changes come; the client asks again
-            # for the snapshot.
-            raise _unavailable(exc) from None
 
     async def unsubscribe(self, content: dict[str, Any]) -> None:
         """Stop following the payment named in ``content`` (refused if not followed)."""
