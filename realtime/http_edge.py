@@ -293,6 +293,15 @@ class LimitedRequest(WebRequest):
                         "Daphne-Root-Path: must be an ASCII path starting with /.",
                     )
                     return None
+        if _is_websocket_upgrade(headers) and not _is_ascii(
+            headers.getRawHeaders(b"Sec-WebSocket-Protocol", [])
+        ):
+            # daphne decodes the subprotocols as ASCII while it builds the
+            # scope, and a failure there is a 500 with a traceback.
+            self.json_error(
+                400, "bad_request", "Sec-WebSocket-Protocol: must be ASCII."
+            )
+            return None
         if headers.hasHeader(b"Transfer-Encoding"):
             # Django reads CONTENT_LENGTH bytes of the body and nothing else:
             # give the decoded body its length.
@@ -322,6 +331,16 @@ class LimitedRequest(WebRequest):
             }
         )
         self.handle_reply({"type": "http.response.body", "body": body})
+
+
+def _is_websocket_upgrade(headers: Any) -> bool:
+    """Whether daphne hands the request to its WebSocket side (WebRequest.process)."""
+    upgrade = headers.getRawHeaders(b"Upgrade", [b""])[0]
+    return upgrade.lower() == b"websocket"
+
+
+def _is_ascii(values: list[bytes]) -> bool:
+    return all(value.isascii() for value in values)
 
 
 def _limited_channel(factory: http.HTTPFactory) -> Any:

@@ -613,3 +613,58 @@ def test_access_log_redacts_every_spelling_of_client_secret(live: LiveStack) -> 
     live.web.wait_for_output(f"m={marker}")  # the fence: the request's log line
 
     assert "TOPSECRET" not in live.web.output()
+
+
+# 7. WebSocket handshakes' heads ---------------------------------------------------
+
+
+def upgrade_head(path: str, *headers: bytes) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1".encode(),
+        f"Host: {HOST}".encode(),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Sec-WebSocket-Version: 13",
+        b"Origin: http://localhost:3000",
+        *headers,
+        b"",
+        b"",
+    ]
+    return b"\r\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    "path", ["/ws/payments/", "/socket.io/?EIO=4&transport=websocket"]
+)
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        pytest.param(
+            b"Sec-WebSocket-Protocol: caf\xc3\xa9",
+            "Sec-WebSocket-Protocol",
+            id="protocol-utf8",
+        ),
+        pytest.param(
+            b"Sec-WebSocket-Protocol: \xff",
+            "Sec-WebSocket-Protocol",
+            id="protocol-latin1",
+        ),
+    ],
+)
+def test_a_handshake_with_a_non_ascii_header_is_a_json_400(
+    live: LiveStack, path: str, header: bytes, field: str
+) -> None:
+    client = RawClient(live.port)
+    client.send(upgrade_head(path, header))
+
+    response = client.response()
+
+    assert response.status == 400, response
+    error = response.error()
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith(f"{field}: "), error
+    # The fence: a handshake after it is served by the same process.
+    served = RawClient(live.port)
+    served.send(upgrade_head("/ws/payments/"))
+    assert served.response().status == 101
