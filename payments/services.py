@@ -24,7 +24,7 @@ from ops import metrics
 from ops.request_id import current_request_id, request_id_bound
 from payments import outbox, tasks
 from payments.gateways import GatewayResult, Outcome, get_gateway
-from payments.gateways.answers import answer_taken_in, storable_text
+from payments.gateways.answers import answer_taken_in, column_text, storable_text
 from payments.models import (
     TERMINAL_STATUSES,
     GatewayCall,
@@ -75,11 +75,6 @@ class GatewayAnswers(NamedTuple):
 
 def _never() -> bool:
     return False
-
-
-def _stored_failure_message(message: str) -> str:
-    """The provider's message cut to what the payment's column keeps."""
-    return message[: Payment._meta.get_field("failure_message").max_length]
 
 
 class InvalidTransitionError(ValueError):
@@ -329,8 +324,8 @@ def payment_mark_failed(
         to_status=PaymentStatus.FAILED,
         detail=detail,
         current=current,
-        failure_code=failure_code,
-        failure_message=_stored_failure_message(failure_message),
+        failure_code=column_text(failure_code, "failure_code"),
+        failure_message=column_text(failure_message, "failure_message"),
     )
 
 
@@ -448,9 +443,11 @@ CALL_ERROR_MESSAGE_LENGTH = 500
 def _gateway_call(
     payment: Payment, operation: str, call: Callable[[], GatewayResult]
 ) -> tuple[GatewayResult | Exception, GatewayCall]:
-    """Make one gateway call; return its result, or the error it raised, and its record.
+    """Make one gateway call; return its answer, or the error, and its record.
 
-    The record is unsaved. A call that raised is recorded too, with the
+    The answer is taken in (payments.gateways.answers); the error is what
+    the call raised, or the intake's refusal of an answer with no outcome to
+    act on. The record is unsaved. A call that raised is recorded too, with the
     outcome ``error``: a provider that timed out may have charged all the
     same, and that attempt is the one a reconciliation looks for.
     """
@@ -467,11 +464,12 @@ def _gateway_call(
         }
     else:
         outcome = answer.outcome
+        # The answer's own fields last: its data cannot overwrite them.
         response = {
+            **answer.data,
             "failure_code": answer.failure_code,
             "failure_message": answer.failure_message,
             "retry_after": answer.retry_after,
-            **answer.data,
         }
     record = GatewayCall(
         payment=payment,

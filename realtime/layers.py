@@ -34,15 +34,15 @@ logger = logging.getLogger(__name__)
 #: The message every local channel gets when the subscription connection drops.
 LOST_MESSAGE_TYPE = "layer.lost"
 
-# A sync push (the worker's, one per status change) gives up after this
-# long to connect or to be answered, seconds: a PUBLISH is answered in well
-# under a millisecond, and a Redis that drops packets held each push for the
-# host's timeouts (5 s to connect, 15 s to read), a batch of 50 payments
-# for minutes.
+# A push from sync code (the worker's, one per status change) gives up
+# after this long to connect or to be answered, per host, seconds: a
+# PUBLISH is answered in well under a millisecond, and a Redis that drops
+# packets held each push for the host's timeouts (5 s to connect, 15 s to
+# read), a batch of 50 payments for minutes.
 SYNC_PUSH_TIMEOUT = 1.0
-# After a failed sync push the next ones fail at once for this long, not a
-# timeout each: the outbox pushes them again (PAYMENTS_REDELIVER_AFTER) once
-# one gets through.
+# After a failed sync push the layer's next ones (to every host: one dead
+# shard pauses them all) fail at once for this long, not a timeout each: the
+# outbox pushes them again (PAYMENTS_REDELIVER_AFTER) once one gets through.
 SYNC_PUSH_BACKOFF = 2.0
 
 

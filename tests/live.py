@@ -273,21 +273,25 @@ def checked_stack(channels_prefix: str, **options: Any) -> Iterator[LiveStack]:
     The test database and REDIS_URL of this pytest process, the channel
     layer under ``channels_prefix`` (the isolated_channel_layer fixture).
     """
-    with live_stack(
-        database_url=database_url(connection.settings_dict),
-        redis_url=settings.REDIS_URL,
-        channels_prefix=channels_prefix,
-        **options,
-    ) as stack:
-        try:
+    stack: LiveStack | None = None
+    try:
+        with live_stack(
+            database_url=database_url(connection.settings_dict),
+            redis_url=settings.REDIS_URL,
+            channels_prefix=channels_prefix,
+            **options,
+        ) as stack:
             yield stack
-        except BaseException:
-            # The test failed in the block: what every process (a killed one
-            # too) printed so far, which pytest shows with the failure.
+            # Checked before stopping: a process that died during the test
+            # is a bug.
+            crashed = [p for p in stack.processes if p.returncode is not None]
+    except Exception:
+        # The test failed in the block (a fixture's test never raises here):
+        # what every process printed, a killed one too, up to its stop, for
+        # pytest to show with the failure.
+        if stack is not None:
             print(stack.report())
-            raise
-        # Checked before stopping: a process that died during the test is a bug.
-        crashed = [p for p in stack.processes if p.returncode is not None]
+        raise
     for process in stack.processes:
         # Shown by pytest only when the test fails.
         print(process.report())

@@ -115,17 +115,19 @@ class SilentServer:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
         self.accepted: list[socket.socket] = []
+        self.peers: list[tuple[str, int]] = []
         self.changed = threading.Condition()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         while True:
             try:
-                connection, _ = self.listener.accept()
+                connection, peer = self.listener.accept()
             except OSError:
                 return
             with self.changed:
                 self.accepted.append(connection)
+                self.peers.append(peer)
                 self.changed.notify_all()
 
     def wait_for(self, count: int) -> None:
@@ -133,11 +135,12 @@ class SilentServer:
             assert self.changed.wait_for(lambda: len(self.accepted) >= count, TIMEOUT)
 
     def fence(self) -> int:
-        """Connect once more and wait until it is seen; return the count before."""
-        with self.changed:
-            before = len(self.accepted)
+        """Connect once more; return how many connections were accepted before it."""
         fence = socket.create_connection(self.listener.getsockname())
-        self.wait_for(before + 1)
+        own = fence.getsockname()
+        with self.changed:
+            assert self.changed.wait_for(lambda: own in self.peers, TIMEOUT)
+            before = self.peers.index(own)
         fence.close()
         return before
 
@@ -195,7 +198,7 @@ def test_a_sync_push_gives_up_on_a_silent_redis_then_backs_off(
     assert silent_redis.fence() == 3
 
 
-def test_a_push_backing_off_is_logged_and_left_to_the_outbox(
+def test_a_push_backing_off_is_logged_and_counted_as_a_failed_push(
     silent_redis: SilentServer, settings, caplog
 ) -> None:
     from channels.layers import channel_layers
@@ -207,6 +210,7 @@ def test_a_push_backing_off_is_logged_and_left_to_the_outbox(
         "default": {**layers["default"], "CONFIG": {**config, "hosts": [host]}}
     }
     channel_layers.backends.clear()
+    failed_before = notify.stats["failed"]
     try:
         pushed = [
             notify.payment_status_changed(
@@ -219,6 +223,7 @@ def test_a_push_backing_off_is_logged_and_left_to_the_outbox(
         channel_layers.backends.clear()
 
     assert pushed == [False, False]
+    assert notify.stats["failed"] == failed_before + 2
     warnings = [r.getMessage() for r in caplog.records if r.name == "realtime.notify"]
     assert len(warnings) == 2
     assert "Timeout" in warnings[0]

@@ -13,8 +13,11 @@ from django_tasks_db.models import DBTaskResult
 
 from ops.request_id import RequestIdFilter, request_id_bound
 from payments import services
-from payments.gateways import GatewayError, GatewayResult, Outcome
-from payments.gateways.answers import MAX_DATA_DEPTH, MAX_RETRY_AFTER
+from payments.gateways import GatewayResult, Outcome
+from payments.gateways.answers import (
+    MAX_RETRY_AFTER,
+    GatewayAnswerRefusedError,
+)
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import (
     GatewayCall,
@@ -825,62 +828,78 @@ def test_an_answers_texts_are_cleaned_and_cut_before_they_are_stored(
             "retry_after: not a number ('5')",
             id="retry-after-text",
         ),
-        pytest.param(
-            GatewayResult(Outcome.FAILED, failure_code=None),
-            "failure_code: NoneType, not a string",
-            id="code-none",
-        ),
-        pytest.param(
-            GatewayResult(Outcome.SUCCEEDED, data=["ch_1"]),
-            "data: list, not a dict",
-            id="data-list",
-        ),
-        pytest.param(
-            GatewayResult(Outcome.SUCCEEDED, data={"amount": float("inf")}),
-            "data: inf is not JSON",
-            id="data-inf",
-        ),
-        pytest.param(
-            GatewayResult(Outcome.SUCCEEDED, data={"at": {1, 2}}),
-            "data: set is not JSON",
-            id="data-set",
-        ),
-        pytest.param(
-            GatewayResult(Outcome.SUCCEEDED, data={1: "one"}),
-            "data: key 1 is not a string",
-            id="data-int-key",
-        ),
     ],
 )
 @pytest.mark.django_db
-def test_an_answer_that_cannot_be_stored_is_a_gateway_error(
+def test_an_answer_with_no_outcome_to_act_on_is_refused(
     settings, monkeypatch, answer, message
 ):
     """Recorded as an error call and left processing, for recovery to ask again."""
     hostile, answers = charge_batch_with(settings, monkeypatch, answer)
 
     assert hostile.status == PaymentStatus.PROCESSING
-    assert isinstance(answers.errors[str(hostile.id)], GatewayError)
+    assert isinstance(answers.errors[str(hostile.id)], GatewayAnswerRefusedError)
     [call] = GatewayCall.objects.filter(payment=hostile)
     assert (call.outcome, call.response) == (
         "error",
-        {"error": "GatewayError", "message": message},
+        {"error": "GatewayAnswerRefusedError", "message": message},
     )
+
+
+def nested(depth: int) -> dict:
+    data: dict = {}
+    for _ in range(depth):
+        data = {"d": data}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "kept"),
+    [
+        pytest.param(["ch_1"], "['ch_1']", id="list"),
+        pytest.param({"amount": float("inf")}, "{'amount': inf}", id="inf"),
+        pytest.param({"at": {1, 2}}, "{'at': {1, 2}}", id="set"),
+        pytest.param({1: "one"}, "{1: 'one'}", id="int-key"),
+        pytest.param({"n": 10**5000}, "<dict>", id="5000-digit-int"),
+        pytest.param(
+            nested(100), "{'d': {'d': {'d': {'d': {'d': {'d': {...}}}}}}}", id="nested"
+        ),
+    ],
+)
+@pytest.mark.django_db
+def test_a_settled_answers_unstorable_data_is_kept_as_its_repr(
+    settings, monkeypatch, data, kept
+):
+    """The outcome stands: the provider would answer the same on every retry."""
+    answer = GatewayResult(
+        Outcome.SUCCEEDED, failure_code=None, retry_after=None, data=data
+    )
+    hostile, answers = charge_batch_with(settings, monkeypatch, answer)
+
+    assert answers.errors == {}
+    assert hostile.status == PaymentStatus.SUCCEEDED
+    [call] = GatewayCall.objects.filter(payment=hostile)
+    assert call.response == {
+        "unstorable_data": kept,
+        "failure_code": "",
+        "failure_message": "",
+        "retry_after": 0.0,
+    }
+    event = PaymentEvent.objects.get(payment=hostile, to_status=PaymentStatus.SUCCEEDED)
+    assert event.detail == {"unstorable_data": kept}
 
 
 @pytest.mark.django_db
-def test_an_answer_nested_past_the_bound_is_a_gateway_error(settings, monkeypatch):
-    data = {}
-    for _ in range(100):
-        data = {"d": data}
-    hostile, _ = charge_batch_with(
-        settings, monkeypatch, GatewayResult(Outcome.SUCCEEDED, data=data)
+def test_an_answers_data_cannot_overwrite_its_recorded_fields(settings, monkeypatch):
+    answer = GatewayResult(
+        Outcome.FAILED,
+        failure_code="card_declined",
+        data={"failure_code": "forged", "retry_after": 99},
     )
+    hostile, _ = charge_batch_with(settings, monkeypatch, answer)
 
-    assert hostile.status == PaymentStatus.PROCESSING
-    assert GatewayCall.objects.get(payment=hostile).response["message"] == (
-        f"data: nested deeper than {MAX_DATA_DEPTH}"
-    )
+    response = GatewayCall.objects.get(payment=hostile).response
+    assert (response["failure_code"], response["retry_after"]) == ("card_declined", 0.0)
 
 
 @pytest.mark.parametrize("retry_after", [1e300, float("inf"), -5])

@@ -1,18 +1,24 @@
-"""A gateway's answer made fit to store, or refused as nonsense.
+"""A gateway's answer made fit to store, or refused when it says nothing usable.
 
 A provider's answer crosses a trust boundary like a request body does: its
 texts go into the payment's columns and, with its data, into jsonb
 (GatewayCall.response, PaymentEvent.detail), which refuses a NUL, a lone
-surrogate or a NaN. One such value would roll back the whole group commit
-(every payment of the group, charged or not) on each retry. Texts are
-cleaned and cut to their columns; an answer that cannot be kept (no known
-outcome, data that is not JSON) is a GatewayError, recorded as an ``error``
-call and retried by recovery like a provider that did not answer.
+surrogate or a NaN, and json refuses an integer of over 4,300 digits. One
+such value would roll back the whole group commit (every payment of the
+group, charged or not) on each retry. So texts are cleaned and cut to their
+columns, and data that cannot be stored is kept as its repr: a charge the
+provider settled stays settled whatever else it sent, since the provider
+answers the same again on every retry. Only an answer with no outcome to
+act on (not a GatewayResult, an unknown outcome, a pending one with no
+usable wait) is refused, as GatewayAnswerRefusedError: recorded as an
+``error`` call and asked again by recovery.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import reprlib
 from typing import Any
 
 from payments.models import Payment
@@ -22,57 +28,88 @@ from .base import GatewayError, GatewayResult, Outcome
 # A pending charge is asked about again at most this long after (seconds):
 # a larger retry_after (or an infinite one) would overflow the datetime.
 MAX_RETRY_AFTER = 24 * 3600.0
-# Nesting of the answer's data kept, as a request body's is bounded.
+# Deeper data is kept as its repr: the walk below is recursive, and
+# PostgreSQL's jsonb has a nesting limit of its own.
 MAX_DATA_DEPTH = 32
+# How much of the repr of data that cannot be stored is kept.
+UNSTORABLE_DATA_LENGTH = 500
+
+
+class GatewayAnswerRefusedError(GatewayError):
+    """The provider answered, but with no outcome to act on."""
 
 
 def storable_text(text: str) -> str:
-    """``text`` as PostgreSQL takes it: no NUL, lone surrogates escaped."""
+    """``text`` as PostgreSQL takes it: NULs dropped, lone surrogates escaped."""
     return text.replace("\x00", "").encode("utf-8", "backslashreplace").decode()
 
 
+def column_text(value: object, column: str) -> str:
+    """``value`` as Payment's column ``column`` keeps it: cleaned, cut to length."""
+    text = "" if value is None else value if isinstance(value, str) else str(value)
+    return storable_text(text)[: Payment._meta.get_field(column).max_length]
+
+
 def answer_taken_in(answer: object) -> GatewayResult:
-    """Return ``answer`` as stored; raise GatewayError if it cannot be stored."""
+    """Return ``answer`` as stored; raise GatewayAnswerRefusedError if it cannot act."""
     if not isinstance(answer, GatewayResult):
-        raise GatewayError(f"answer: {type(answer).__name__}, not a GatewayResult")
+        raise GatewayAnswerRefusedError(
+            f"answer: {type(answer).__name__}, not a GatewayResult"
+        )
     try:
         outcome = Outcome(answer.outcome)
     except ValueError:
-        raise GatewayError(f"outcome: unknown ({answer.outcome!r:.50})") from None
-    retry_after = answer.retry_after
-    if not isinstance(retry_after, int | float) or math.isnan(retry_after):
-        raise GatewayError(f"retry_after: not a number ({retry_after!r:.50})")
+        raise GatewayAnswerRefusedError(
+            f"outcome: unknown ({answer.outcome!r:.50})"
+        ) from None
+    retry_after = 0.0
+    if outcome == Outcome.PENDING:
+        wait = answer.retry_after
+        if not isinstance(wait, int | float) or math.isnan(wait):
+            raise GatewayAnswerRefusedError(f"retry_after: not a number ({wait!r:.50})")
+        retry_after = min(max(float(wait), 0.0), MAX_RETRY_AFTER)
     return GatewayResult(
         outcome=outcome,
-        failure_code=_column_text(answer.failure_code, "failure_code"),
-        failure_message=_column_text(answer.failure_message, "failure_message"),
-        retry_after=min(max(float(retry_after), 0.0), MAX_RETRY_AFTER),
-        data=_data(answer.data),
+        failure_code=column_text(answer.failure_code, "failure_code"),
+        failure_message=column_text(answer.failure_message, "failure_message"),
+        retry_after=retry_after,
+        data=_storable_data(answer.data),
     )
 
 
-def _column_text(value: object, name: str) -> str:
-    """The text for Payment's column ``name``: cleaned, cut to its length."""
-    if not isinstance(value, str):
-        raise GatewayError(f"{name}: {type(value).__name__}, not a string")
-    return storable_text(value)[: Payment._meta.get_field(name).max_length]
+def _storable_data(data: object) -> dict[str, Any]:
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"{type(data).__name__}, not a dict")
+        kept = _json(data, depth=0)
+        # What the walk does not know (a 5,000-digit integer) json refuses.
+        json.dumps(kept, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return {"unstorable_data": storable_text(_short_repr(data))}
+    return kept
 
 
-def _data(data: object) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise GatewayError(f"data: {type(data).__name__}, not a dict")
-    return _json(data, depth=0)
+# Bounded as it is made, not cut after: the repr of a provider's 10-MB list
+# would be built whole first.
+_REPR = reprlib.Repr(maxlevel=6, maxstring=100, maxother=100)
+
+
+def _short_repr(data: object) -> str:
+    try:
+        return _REPR.repr(data)[:UNSTORABLE_DATA_LENGTH]
+    except Exception:  # a __repr__ that raises; an int too long to print
+        return f"<{type(data).__name__}>"
 
 
 def _json(value: Any, *, depth: int) -> Any:
-    """A copy of ``value`` that jsonb takes, or GatewayError naming what is not."""
+    """A copy of ``value`` that jsonb takes; TypeError or ValueError if none."""
     if depth > MAX_DATA_DEPTH:
-        raise GatewayError(f"data: nested deeper than {MAX_DATA_DEPTH}")
+        raise ValueError(f"nested deeper than {MAX_DATA_DEPTH}")
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise GatewayError(f"data: {value!r} is not JSON")
+            raise ValueError(f"{value!r} is not JSON")
         return value
     if isinstance(value, str):
         return storable_text(value)
@@ -82,7 +119,7 @@ def _json(value: Any, *, depth: int) -> Any:
         kept = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise GatewayError(f"data: key {key!r:.50} is not a string")
+                raise TypeError(f"key {key!r:.50} is not a string")
             kept[storable_text(key)] = _json(item, depth=depth + 1)
         return kept
-    raise GatewayError(f"data: {type(value).__name__} is not JSON")
+    raise TypeError(f"{type(value).__name__} is not JSON")
