@@ -447,6 +447,46 @@ class GatedChargeGateway(SimulatedGateway):
         return result
 
 
+class GatedOutcomeGateway(SimulatedGateway):
+    """The simulated gateway, pending until the test opens a gate, then settled.
+
+    Charges are made as usual, but every answer is ``pending`` (ask again in
+    0.1 s) until the Redis key ``PAYMENTS_TEST_OUTCOME_GATE`` exists
+    (open_outcome_gate); from then on the simulated outcome comes. The test
+    decides when an outcome is committed, not a delay it must outrun.
+    """
+
+    def charge(self, *, payment: Payment) -> GatewayResult:
+        return self._gated(super().charge(payment=payment))
+
+    def retrieve(self, *, payment: Payment) -> GatewayResult:
+        return self._gated(super().retrieve(payment=payment))
+
+    def _gated(self, result: GatewayResult) -> GatewayResult:
+        import redis
+
+        from payments.gateways import GatewayResult, Outcome
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        try:
+            if client.exists(os.environ["PAYMENTS_TEST_OUTCOME_GATE"]):
+                return result
+        finally:
+            client.close()
+        return GatewayResult(Outcome.PENDING, retry_after=0.1)
+
+
+def open_outcome_gate(redis_url: str, gate: str) -> None:
+    """Let every outcome behind ``gate`` (GatedOutcomeGateway) come."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(gate, b"open")
+    finally:
+        client.close()
+
+
 def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:
     """Let ``charges`` charges waiting (or still to come) at the gate through."""
     import redis

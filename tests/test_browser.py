@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from payments.models import TERMINAL_STATUSES, GatewayCall, Payment
 from tests.helpers import wait_until
-from tests.live import LiveStack, checked_stack
+from tests.live import LiveStack, checked_stack, open_outcome_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -186,11 +186,16 @@ def record_statuses(page) -> None:
 def test_page_reconnects_after_the_web_process_dies(
     transactional_db, isolated_channel_layer, open_page
 ) -> None:
-    # The outcome comes 8 s after the charge: the web process is killed and
-    # started again in between, and the page is back on a socket (at most
-    # the 5-s backoff ceiling after the restart) before it comes, bound to
-    # the old socket id, so only the page's subscribe again brings it.
-    with checked_stack(isolated_channel_layer, PAYMENTS_SIMULATED_DELAY="8") as live:
+    # The outcome waits at a gate while the web process is killed and started
+    # again, and comes once the page has subscribed on its new socket: bound
+    # to the old socket id, only that subscribe brings it.
+    gate = f"{isolated_channel_layer}:outcome-gate"
+    with checked_stack(
+        isolated_channel_layer,
+        PAYMENTS_GATEWAY="tests.live.GatedOutcomeGateway",
+        PAYMENTS_TEST_OUTCOME_GATE=gate,
+        PAYMENTS_SIMULATED_DELAY="0",
+    ) as live:
         watched, _ = open_home(open_page, live)
         page = watched.page
         first_socket = wait_live(page)
@@ -204,6 +209,14 @@ def test_page_reconnects_after_the_web_process_dies(
         live.start_web()
         second_socket = wait_live(page)
         assert second_socket != first_socket
+        # The page's client has its subscribe on the new socket confirmed.
+        page.wait_for_function(
+            """([id, socketId]) => window.paymentsPage.client._followed
+                .get(id)?.subscribedOn === socketId""",
+            arg=[payment_id, second_socket],
+            timeout=TIMEOUT,
+        )
+        open_outcome_gate(live.redis_url, gate)
         wait_status(page, payment_id, "succeeded")
         # Fence: a later payment's outcome on the same socket comes after any
         # copy of the first one still on its way.
