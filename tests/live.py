@@ -453,7 +453,9 @@ class GatedOutcomeGateway(SimulatedGateway):
     Charges are made as usual, but every answer is ``pending`` (ask again in
     0.1 s) until the Redis key ``PAYMENTS_TEST_OUTCOME_GATE`` exists
     (open_outcome_gate); from then on the simulated outcome comes. The test
-    decides when an outcome is committed, not a delay it must outrun.
+    decides when an outcome is committed, not a delay it must outrun. The
+    key is on ``PAYMENTS_TEST_GATE_REDIS_URL`` when set (a test that stops
+    the stack's own Redis), else on the stack's REDIS_URL.
     """
 
     def charge(self, *, payment: Payment) -> GatewayResult:
@@ -467,7 +469,8 @@ class GatedOutcomeGateway(SimulatedGateway):
 
         from payments.gateways import GatewayResult, Outcome
 
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        url = os.environ.get("PAYMENTS_TEST_GATE_REDIS_URL") or os.environ["REDIS_URL"]
+        client = redis.Redis.from_url(url)
         try:
             if client.exists(os.environ["PAYMENTS_TEST_OUTCOME_GATE"]):
                 return result

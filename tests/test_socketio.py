@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from realtime.socketio import sessions
-from tests.live import LiveStack, RoundRobinProxy, checked_stack
+from tests.live import LiveStack, RoundRobinProxy, checked_stack, open_outcome_gate
 
 pytestmark = pytest.mark.e2e
 
@@ -179,7 +179,15 @@ def test_fifty_clients_across_two_processes_none_lost(
 def test_reconnect_through_the_other_process_after_a_kill(
     transactional_db: None, isolated_channel_layer: str, node_client: Path
 ) -> None:
-    options = {"PAYMENTS_SIMULATED_DELAY": "3", **HEARTBEAT}
+    # The outcome waits at a gate until the session's web process is dead:
+    # only the reconnect through the other process can bring it.
+    gate = f"{isolated_channel_layer}:outcome-gate"
+    options = {
+        "PAYMENTS_GATEWAY": "tests.live.GatedOutcomeGateway",
+        "PAYMENTS_TEST_OUTCOME_GATE": gate,
+        "PAYMENTS_SIMULATED_DELAY": "0",
+        **HEARTBEAT,
+    }
     with (
         checked_stack(isolated_channel_layer, **options) as first,
         checked_stack(isolated_channel_layer, **options) as second,
@@ -201,6 +209,7 @@ def test_reconnect_through_the_other_process_after_a_kill(
             # The handshake was the proxy's first connection: the owner of
             # the session is the first web process.
             first.kill_web()
+            open_outcome_gate(first.redis_url, gate)
             out, err = node.communicate(timeout=60)
         finally:
             node.kill()

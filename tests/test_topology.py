@@ -346,7 +346,7 @@ def sio_webs(
 # The test -------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # each phase has its own 120-s deadline
 def test_two_webs_two_workers_behind_haproxy_then_one_of_each_killed(
     topology: Topology, isolated_channel_layer: str
 ) -> None:
