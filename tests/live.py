@@ -479,6 +479,21 @@ class GatedOutcomeGateway(SimulatedGateway):
         return GatewayResult(Outcome.PENDING, retry_after=0.1)
 
 
+class ChargePendingGateway(SimulatedGateway):
+    """The simulated gateway whose charge always answers ``pending`` (0.1 s).
+
+    The charge is made as usual; its outcome comes from the retrieve that
+    follows, so each payment gets exactly one (with a delay of 0), however
+    long a write waited for SQLite's lock before the charge answered.
+    """
+
+    def charge(self, *, payment: Payment) -> GatewayResult:
+        from payments.gateways import GatewayResult, Outcome
+
+        super().charge(payment=payment)
+        return GatewayResult(Outcome.PENDING, retry_after=0.1)
+
+
 def open_outcome_gate(redis_url: str, gate: str) -> None:
     """Let every outcome behind ``gate`` (GatedOutcomeGateway) come."""
     import redis

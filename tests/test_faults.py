@@ -637,10 +637,14 @@ def test_backlog_past_the_stuck_deadline_is_charged_and_run_once(
     Their jobs are still queued, so recovery must not enqueue them again: one
     charge, one retrieve (the settle sweep's) and one job per payment.
     """
-    # A settle delay well above a write's wait for SQLite's lock (with two
-    # workers), so that every charge answers "pending" and one retrieve follows;
-    # a stuck deadline no sweep slowed by that lock reaches.
-    stack = start_stack(PAYMENTS_STUCK_AFTER="5", PAYMENTS_SIMULATED_DELAY="1.5")
+    # Every charge answers "pending" and one retrieve follows, however long a
+    # write waits for SQLite's lock (with two workers); a stuck deadline no
+    # sweep slowed by that lock reaches.
+    stack = start_stack(
+        PAYMENTS_STUCK_AFTER="5",
+        PAYMENTS_GATEWAY="tests.live.ChargePendingGateway",
+        PAYMENTS_SIMULATED_DELAY="0",
+    )
     stack.kill_worker()
     payments = [create_payment_sync(stack) for _ in range(20)]
     ids = [p["id"] for p in payments]
