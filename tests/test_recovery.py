@@ -465,8 +465,10 @@ def test_a_lease_taken_over_by_another_process_is_not_renewed_by_the_old_one(
 
 @pytest.mark.django_db
 def test_claiming_a_live_lease_gives_up_after_waiting_out_a_dead_ones(settings):
-    settings.TASKS_WORKER_DEAD_AFTER = 0.3
-    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.05
+    # The wait ends at dead_after + 2 intervals (2 s); the dead lease lapses
+    # at 1 s: a second of slack for a slow claim on loaded cores.
+    settings.TASKS_WORKER_DEAD_AFTER = 1.0
+    settings.TASKS_WORKER_HEARTBEAT_INTERVAL = 0.5
     # A live worker keeps its lease current through the whole wait.
     beat("w", ago=-60)
     assert heartbeat.heartbeat_claim_waiting(worker_id="w") is False
@@ -559,7 +561,7 @@ def test_worker_that_cannot_renew_gives_up_before_its_lease_ends():
     # A lease of seconds, not tenths: a renewal or a watch a thread switch
     # late must not end it early on a loaded machine.
     running = heartbeat.Heartbeat(
-        worker_id="w1", interval=0.2, dead_after=2, on_lost=on_lost
+        worker_id="w1", interval=0.5, dead_after=5, on_lost=on_lost
     )
     running.start()
     try:

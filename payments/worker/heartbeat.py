@@ -235,7 +235,9 @@ class Heartbeat:
             self._renewed = sent
 
     def _watch(self) -> None:
-        while not self._stopped.wait(min(self.interval, 0.5)):
+        # Looked at four times an interval: the lease's end is budget plus
+        # one look, which must stay inside dead_after (budget + interval).
+        while not self._stopped.wait(min(self.interval / 4, 0.5)):
             if time.monotonic() - self._renewed > self.budget:
                 self._stopped.set()
                 self.on_lost()
