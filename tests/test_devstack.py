@@ -60,9 +60,10 @@ def devstack(transactional_db: None, isolated_channel_layer: str) -> Iterator[De
         CHANNELS_PREFIX=isolated_channel_layer,
         PORT=str(port),
         PYTHONUNBUFFERED="1",
-        # Renewed every 0.2 s: a refused renewal ends the worker at once.
-        TASKS_WORKER_HEARTBEAT_INTERVAL="0.2",
-        TASKS_WORKER_DEAD_AFTER="2",
+        # Renewed every 0.5 s: a refused renewal ends the worker at once,
+        # and a lease of 10 s outlasts a start-up stalled on loaded cores.
+        TASKS_WORKER_HEARTBEAT_INTERVAL="0.5",
+        TASKS_WORKER_DEAD_AFTER="10",
     )
     process = Process("devstack", [PY, "scripts/devstack.py"], env)
     try:
