@@ -673,10 +673,10 @@ def test_backlog_past_the_stuck_deadline_is_charged_and_run_once(
 def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     start_stack: Callable[..., LiveStack],
 ) -> None:
-    """SIGKILL a worker inside a charge; a new worker finishes it within 10 s.
+    """SIGKILL a worker inside a charge; a new worker finishes it within seconds.
 
     PAYMENTS_STUCK_AFTER stays at its 60 s default: only the dead worker's
-    lapsed heartbeat can bring the job back that fast.
+    lapsed heartbeat (4 s) can bring the job back well before it.
     """
     stack, open_gate = start_gated(
         start_stack,
@@ -693,10 +693,12 @@ def test_worker_killed_in_a_charge_is_replaced_within_seconds(
     # imports, seconds on two loaded cores) is not what recovery costs.
     stack.start_worker(wait=True)
     restarted = time.monotonic()
-    wait_until(lambda: all_terminal(ids), "the payment terminal", TIMEOUT)
+    wait_until(lambda: all_terminal(ids), "the payment terminal", SETTLE_TIMEOUT)
     elapsed = time.monotonic() - restarted
 
-    assert elapsed < 10, f"terminal {elapsed:.1f} s after the restart"
+    # Half the stuck deadline: room for loaded cores, none for that path (and
+    # the jobs below say which path it was).
+    assert elapsed < 30, f"terminal {elapsed:.1f} s after the restart"
     assert SimulatedCharge.objects.filter(payment_id__in=ids).count() == 1
     assert calls_and_jobs(payment["id"])["charge"] == 1
     jobs = sorted(

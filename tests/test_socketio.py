@@ -449,9 +449,12 @@ def test_polling_sessions_per_client_are_capped_and_freed_when_one_ends(
 def quick_upgrade(
     transactional_db: None, isolated_channel_layer: str
 ) -> Iterator[Polling]:
-    """A polling session on a web process whose upgrades time out after 2 s."""
+    """A polling session on a web process whose upgrades time out after 5 s.
+
+    Long enough for the probe exchange on loaded cores, short for the test.
+    """
     with checked_stack(
-        isolated_channel_layer, worker=False, SOCKETIO_UPGRADE_TIMEOUT="2", **QUIET
+        isolated_channel_layer, worker=False, SOCKETIO_UPGRADE_TIMEOUT="5", **QUIET
     ) as stack:
         session = Polling(stack)
         yield session
