@@ -293,8 +293,9 @@ class LimitedRequest(WebRequest):
                         "Daphne-Root-Path: must be an ASCII path starting with /.",
                     )
                     return None
-        if _is_websocket_upgrade(headers) and not _is_ascii(
-            headers.getRawHeaders(b"Sec-WebSocket-Protocol", [])
+        subprotocols = headers.getRawHeaders(b"Sec-WebSocket-Protocol", [])
+        if _is_websocket_upgrade(headers) and not all(
+            value.isascii() for value in subprotocols
         ):
             # daphne decodes the subprotocols as ASCII while it builds the
             # scope, and a failure there is a 500 with a traceback.
@@ -337,10 +338,6 @@ def _is_websocket_upgrade(headers: Any) -> bool:
     """Whether daphne hands the request to its WebSocket side (WebRequest.process)."""
     upgrade = headers.getRawHeaders(b"Upgrade", [b""])[0]
     return upgrade.lower() == b"websocket"
-
-
-def _is_ascii(values: list[bytes]) -> bool:
-    return all(value.isascii() for value in values)
 
 
 def _limited_channel(factory: http.HTTPFactory) -> Any:

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -451,11 +452,10 @@ class GatedOutcomeGateway(SimulatedGateway):
     """The simulated gateway, pending until the test opens a gate, then settled.
 
     Charges are made as usual, but every answer is ``pending`` (ask again in
-    0.1 s) until the Redis key ``PAYMENTS_TEST_OUTCOME_GATE`` exists
-    (open_outcome_gate); from then on the simulated outcome comes. The test
-    decides when an outcome is committed, not a delay it must outrun. The
-    key is on ``PAYMENTS_TEST_GATE_REDIS_URL`` when set (a test that stops
-    the stack's own Redis), else on the stack's REDIS_URL.
+    0.1 s) until the key ``PAYMENTS_TEST_OUTCOME_GATE`` exists on the Redis
+    at ``PAYMENTS_TEST_GATE_REDIS_URL`` (OutcomeGate); from then on the
+    simulated outcome comes. The test decides when an outcome is committed,
+    not a delay it must outrun.
     """
 
     def charge(self, *, payment: Payment) -> GatewayResult:
@@ -469,14 +469,34 @@ class GatedOutcomeGateway(SimulatedGateway):
 
         from payments.gateways import GatewayResult, Outcome
 
-        url = os.environ.get("PAYMENTS_TEST_GATE_REDIS_URL") or os.environ["REDIS_URL"]
-        client = redis.Redis.from_url(url)
-        try:
-            if client.exists(os.environ["PAYMENTS_TEST_OUTCOME_GATE"]):
+        with redis.Redis.from_url(os.environ["PAYMENTS_TEST_GATE_REDIS_URL"]) as gate:
+            if gate.exists(os.environ["PAYMENTS_TEST_OUTCOME_GATE"]):
                 return result
-        finally:
-            client.close()
         return GatewayResult(Outcome.PENDING, retry_after=0.1)
+
+
+class OutcomeGate:
+    """A gate of GatedOutcomeGateway: ``env`` puts a stack behind it; open() it.
+
+    The key is on the suite's Redis, whichever Redis the stack uses (a test
+    may stop the stack's own).
+    """
+
+    def __init__(self) -> None:
+        self.key = f"test-outcome-gate-{uuid.uuid4().hex}"
+        self.env = {
+            "PAYMENTS_GATEWAY": "tests.live.GatedOutcomeGateway",
+            "PAYMENTS_TEST_OUTCOME_GATE": self.key,
+            "PAYMENTS_TEST_GATE_REDIS_URL": settings.REDIS_URL,
+            "PAYMENTS_SIMULATED_DELAY": "0",
+        }
+
+    def open(self) -> None:
+        """Let every outcome behind the gate come, from now on."""
+        import redis
+
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            client.set(self.key, b"open", ex=3600)
 
 
 class ChargePendingGateway(SimulatedGateway):
@@ -492,17 +512,6 @@ class ChargePendingGateway(SimulatedGateway):
 
         super().charge(payment=payment)
         return GatewayResult(Outcome.PENDING, retry_after=0.1)
-
-
-def open_outcome_gate(redis_url: str, gate: str) -> None:
-    """Let every outcome behind ``gate`` (GatedOutcomeGateway) come."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.set(gate, b"open")
-    finally:
-        client.close()
 
 
 def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:

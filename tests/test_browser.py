@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from payments.models import TERMINAL_STATUSES, GatewayCall, Payment
 from tests.helpers import wait_until
-from tests.live import LiveStack, checked_stack, open_outcome_gate
+from tests.live import LiveStack, OutcomeGate, checked_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -189,13 +189,8 @@ def test_page_reconnects_after_the_web_process_dies(
     # The outcome waits at a gate while the web process is killed and started
     # again, and comes once the page has subscribed on its new socket: bound
     # to the old socket id, only that subscribe brings it.
-    gate = f"{isolated_channel_layer}:outcome-gate"
-    with checked_stack(
-        isolated_channel_layer,
-        PAYMENTS_GATEWAY="tests.live.GatedOutcomeGateway",
-        PAYMENTS_TEST_OUTCOME_GATE=gate,
-        PAYMENTS_SIMULATED_DELAY="0",
-    ) as live:
+    gate = OutcomeGate()
+    with checked_stack(isolated_channel_layer, **gate.env) as live:
         watched, _ = open_home(open_page, live)
         page = watched.page
         first_socket = wait_live(page)
@@ -216,7 +211,7 @@ def test_page_reconnects_after_the_web_process_dies(
             arg=[payment_id, second_socket],
             timeout=TIMEOUT,
         )
-        open_outcome_gate(live.redis_url, gate)
+        gate.open()
         wait_status(page, payment_id, "succeeded")
         # Fence: a later payment's outcome on the same socket comes after any
         # copy of the first one still on its way.

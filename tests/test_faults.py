@@ -52,9 +52,9 @@ from tests.helpers import (
 )
 from tests.live import (
     LiveStack,
+    OutcomeGate,
     free_port,
     open_charge_gate,
-    open_outcome_gate,
     started_stacks,
 )
 
@@ -118,25 +118,6 @@ def start_stack(
     """Return tests.live.started_stacks's start(), with FAULT_ENV's settings."""
     with started_stacks(isolated_channel_layer, **FAULT_ENV) as start:
         yield start
-
-
-def start_outcome_gated(
-    start_stack: Callable[..., LiveStack], **options: str
-) -> tuple[LiveStack, Callable[[], None]]:
-    """Start a stack whose outcomes wait at a gate of its own (GatedOutcomeGateway).
-
-    Return it and the gate's opener: from ``open_gate()`` on, outcomes come.
-    The gate is on the suite's Redis, whichever one the stack uses.
-    """
-    gate = f"test-outcome-gate-{uuid.uuid4().hex}"
-    stack = start_stack(
-        PAYMENTS_GATEWAY="tests.live.GatedOutcomeGateway",
-        PAYMENTS_TEST_OUTCOME_GATE=gate,
-        PAYMENTS_TEST_GATE_REDIS_URL=settings.REDIS_URL,
-        PAYMENTS_SIMULATED_DELAY="0",
-        **options,
-    )
-    return stack, functools.partial(open_outcome_gate, settings.REDIS_URL, gate)
 
 
 def start_gated(
@@ -387,7 +368,8 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
     was committed meanwhile.
     """
     # Outcomes wait at a gate (on the suite's Redis) until Redis is stopped.
-    stack, open_gate = start_outcome_gated(start_stack, redis_url=private_redis.url)
+    gate = OutcomeGate()
+    stack = start_stack(redis_url=private_redis.url, **gate.env)
     methods = ["pm_card_visa", "pm_card_chargeDeclined"]
     with open_socket_sync(stack) as bystander:
         bystander_id = socket_id_of_sync(bystander)
@@ -406,7 +388,7 @@ def test_redis_restart_payments_settle_and_subscribers_get_the_outcome(
         second = create_payment_sync(
             stack, payment_method=methods[1], socket_id=bystander_id
         )
-        open_gate()
+        gate.open()
         payments = [first, second]
         ids = [p["id"] for p in payments]
         wait_until(lambda: all_terminal(ids), "every payment terminal")
@@ -472,7 +454,8 @@ def test_web_killed_clients_reconnect_and_catch_up_by_subscribe(
 ) -> None:
     """Web restart: SIGKILL daphne mid-processing, start it again on its port."""
     # Outcomes wait at a gate until the kill is seen.
-    stack, open_gate = start_outcome_gated(start_stack)
+    gate = OutcomeGate()
+    stack = start_stack(**gate.env)
     methods = ["pm_card_visa", "pm_card_chargeDeclined", "pm_card_visa"]
     with open_socket_sync(stack) as ws:
         socket_id = socket_id_of_sync(ws)
@@ -491,7 +474,7 @@ def test_web_killed_clients_reconnect_and_catch_up_by_subscribe(
         # No close frame: the process died.
         assert dropped.value.rcvd is None
     assert not all_terminal(ids), "settled before the web process died"
-    open_gate()
+    gate.open()
 
     stack.start_web()
     with open_socket_sync(stack) as ws:
@@ -590,7 +573,8 @@ def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
 ) -> None:
     """Reconnect: pay, disconnect before the outcome, reconnect, subscribe."""
     # The outcome waits at a gate until the socket has closed.
-    stack, open_gate = start_outcome_gated(start_stack)
+    gate = OutcomeGate()
+    stack = start_stack(**gate.env)
     with open_socket_sync(stack) as ws:
         socket_id = socket_id_of_sync(ws)
         payment = create_payment_sync(stack, socket_id=socket_id)
@@ -601,7 +585,7 @@ def test_client_disconnected_during_processing_gets_the_outcome_on_subscribe(
             2,
         )
     assert not all_terminal([payment["id"]]), "settled before the disconnect"
-    open_gate()
+    gate.open()
 
     wait_until(lambda: all_terminal([payment["id"]]), "the payment terminal")
     wait_until(lambda: unnotified([payment["id"]]) == 0, "the change pushed")

@@ -203,24 +203,19 @@ def test_a_push_backing_off_is_logged_and_counted_as_a_failed_push(
 ) -> None:
     from channels.layers import channel_layers
 
-    layers = settings.CHANNEL_LAYERS
-    config = layers["default"]["CONFIG"]
-    host = {**config["hosts"][0], "address": silent_redis.url}
-    settings.CHANNEL_LAYERS = {
-        "default": {**layers["default"], "CONFIG": {**config, "hosts": [host]}}
-    }
+    # This test's own copy of the settings (isolated_channel_layer), and its
+    # layer dropped after it.
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    config["hosts"] = [{**config["hosts"][0], "address": silent_redis.url}]
     channel_layers.backends.clear()
     failed_before = notify.stats["failed"]
-    try:
-        pushed = [
-            notify.payment_status_changed(
-                payment_id=uuid.uuid4(), socket_id="", user_id=None, data={"version": 2}
-            )
-            for _ in range(2)
-        ]
-    finally:
-        settings.CHANNEL_LAYERS = layers
-        channel_layers.backends.clear()
+
+    pushed = [
+        notify.payment_status_changed(
+            payment_id=uuid.uuid4(), socket_id="", user_id=None, data={"version": 2}
+        )
+        for _ in range(2)
+    ]
 
     assert pushed == [False, False]
     assert notify.stats["failed"] == failed_before + 2

@@ -619,20 +619,18 @@ def test_access_log_redacts_every_spelling_of_client_secret(live: LiveStack) -> 
 # 7. WebSocket handshakes' heads ---------------------------------------------------
 
 
-def upgrade_head(path: str, *headers: bytes) -> bytes:
-    lines = [
-        f"GET {path} HTTP/1.1".encode(),
-        f"Host: {HOST}".encode(),
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        b"Sec-WebSocket-Version: 13",
-        b"Origin: http://localhost:3000",
-        *headers,
-        b"",
-        b"",
-    ]
-    return b"\r\n".join(lines)
+def upgrade_head(path: str, *raw_headers: bytes) -> bytes:
+    """A WebSocket handshake's head, with ``raw_headers`` as bytes (not ASCII)."""
+    head = request_head(
+        "GET",
+        path,
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Origin: http://localhost:3000",
+    )
+    return head[:-2] + b"".join(h + b"\r\n" for h in raw_headers) + b"\r\n"
 
 
 @pytest.mark.parametrize(

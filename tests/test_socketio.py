@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from realtime.socketio import sessions
-from tests.live import LiveStack, RoundRobinProxy, checked_stack, open_outcome_gate
+from tests.live import LiveStack, OutcomeGate, RoundRobinProxy, checked_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -181,13 +181,8 @@ def test_reconnect_through_the_other_process_after_a_kill(
 ) -> None:
     # The outcome waits at a gate until the session's web process is dead:
     # only the reconnect through the other process can bring it.
-    gate = f"{isolated_channel_layer}:outcome-gate"
-    options = {
-        "PAYMENTS_GATEWAY": "tests.live.GatedOutcomeGateway",
-        "PAYMENTS_TEST_OUTCOME_GATE": gate,
-        "PAYMENTS_SIMULATED_DELAY": "0",
-        **HEARTBEAT,
-    }
+    gate = OutcomeGate()
+    options = {**gate.env, **HEARTBEAT}
     with (
         checked_stack(isolated_channel_layer, **options) as first,
         checked_stack(isolated_channel_layer, **options) as second,
@@ -209,7 +204,7 @@ def test_reconnect_through_the_other_process_after_a_kill(
             # The handshake was the proxy's first connection: the owner of
             # the session is the first web process.
             first.kill_web()
-            open_outcome_gate(first.redis_url, gate)
+            gate.open()
             out, err = node.communicate(timeout=60)
         finally:
             node.kill()

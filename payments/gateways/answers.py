@@ -46,7 +46,9 @@ def storable_text(text: str) -> str:
 
 def column_text(value: object, column: str) -> str:
     """``value`` as Payment's column ``column`` keeps it: cleaned, cut to length."""
-    text = "" if value is None else value if isinstance(value, str) else str(value)
+    if value is None:
+        value = ""
+    text = value if isinstance(value, str) else str(value)
     return storable_text(text)[: Payment._meta.get_field(column).max_length]
 
 
