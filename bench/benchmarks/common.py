@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,31 @@ def cpu_per_payment(
         if total
         else 0.0,
     }
+
+
+def machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds so far, all cores, by kind (Linux /proc/stat).
+
+    ``steal`` is time the hypervisor gave this guest's virtual CPUs to
+    someone else: a run slower than its neighbours with steal in it was
+    slowed by the host, not by the product.
+    """
+    first_line = Path("/proc/stat").read_text().split("\n")[0]
+    fields = [int(v) for v in first_line.split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "idle": (idle + iowait) / tick,
+        "steal": steal / tick,
+    }
+
+
+def machine_share(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Each kind's percent of the machine's capacity between two ``machine_cpu``."""
+    spent = {k: after[k] - before[k] for k in after}
+    total = sum(spent.values()) or 1.0
+    return {f"machine_{k}_percent": round(100 * v / total, 1) for k, v in spent.items()}
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -7,7 +7,14 @@ import json
 import time
 from typing import Any
 
-from bench.benchmarks.common import Context, FrameLog, cpu_per_payment, pct_ms
+from bench.benchmarks.common import (
+    Context,
+    FrameLog,
+    cpu_per_payment,
+    machine_cpu,
+    machine_share,
+    pct_ms,
+)
 from bench.client import (
     HttpConnection,
     ws_close_all,
@@ -105,6 +112,7 @@ async def run_payments(
             await ws_close_all([ws])
 
     cpu0 = stack.server_cpu()
+    machine0 = machine_cpu()
     redis0 = stack.session.redis_info()
     # The load generator shares the machine's cores with the stack: its own
     # CPU says how much of them was left for the product.
@@ -114,6 +122,7 @@ async def run_payments(
     elapsed = time.time() - t0
     client_cpu = time.process_time() - client_cpu0
     cpu1 = stack.server_cpu()
+    machine1 = machine_cpu()
     redis1 = stack.session.redis_info()
     measured = [r for r in records if r["t_post"] >= measure_from]
     window = max(r["t_succeeded"] for r in measured) - measure_from if measured else 1
@@ -140,6 +149,7 @@ async def run_payments(
         "load_generator_cpu_percent": round(100 * client_cpu / elapsed, 1),
         # Every process's, per payment (warm-up included, as the CPU is).
         **cpu_per_payment(cpu0, cpu1, len(records)),
+        **machine_share(machine0, machine1),
         "load_generator_cpu_ms_per_payment": round(
             1000 * client_cpu / max(1, len(records)), 2
         ),

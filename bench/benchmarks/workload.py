@@ -29,6 +29,8 @@ from bench.benchmarks.common import (
     Context,
     FrameLog,
     cpu_per_payment,
+    machine_cpu,
+    machine_share,
     pct_ms,
 )
 from bench.benchmarks.e2e import payment_record, run_payments, stage_times
@@ -124,12 +126,14 @@ async def post_workload(
 
     try:
         cpu0 = stack.server_cpu()
+        machine0 = machine_cpu()
         client_cpu0 = time.process_time()
         t0 = time.time()
         await asyncio.gather(*(pay(i) for i in range(payments)))
         elapsed = time.time() - t0
         client_cpu = time.process_time() - client_cpu0
         cpu1 = stack.server_cpu()
+        machine1 = machine_cpu()
     finally:
         await log.stop()
         await pool.close()
@@ -164,6 +168,7 @@ async def post_workload(
         ),
         **stage_times(stack, records),
         **cpu_per_payment(cpu0, cpu1, done),
+        **machine_share(machine0, machine1),
         "load_generator_cpu_ms_per_payment": round(1000 * client_cpu / max(1, done), 2),
     }
 
