@@ -33,6 +33,7 @@ from scripts.processes import (
     HOST,
     PY,
     ROOT,
+    PostgresCluster,
     Process,
     free_port,
     valkey,
@@ -148,7 +149,7 @@ class Session:
             return
         if self.db == "postgres":
             self.postgres = EmbeddedPostgres()
-            self._stack.callback(self.postgres.stop)
+            self._stack.callback(self.postgres.remove)
             self.postgres.start()
             self.postgres.execute("CREATE DATABASE bench_template")
             template_url = self.postgres.url("bench_template")
@@ -477,69 +478,8 @@ def sampling_cpu(proc: Proc) -> Iterator[dict[str, float]]:
         result["cpu_percent"] = 100 * result["cpu_seconds"] / result["wall_seconds"]
 
 
-class EmbeddedPostgres:
-    """A private PostgreSQL cluster in a temp dir, on a free loopback port.
-
-    Uses the server binaries on the machine (initdb, pg_ctl); as root they run
-    as the ``postgres`` user, since PostgreSQL refuses to run as root.
-    """
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.started = False
-        self.pid = 0
-
-    def _run(self, *args: str, timeout: float = 60) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run(
-            [*prefix, *args],
-            check=True,
-            timeout=timeout,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-        )
-
-    @staticmethod
-    def _binary(name: str) -> str:
-        found = shutil.which(name)
-        if found:
-            return found
-        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")):
-            return str(candidate)
-        raise RuntimeError(f"{name} not found: install PostgreSQL to use --db postgres")
-
-    def start(self) -> None:
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self._run(
-            self._binary("initdb"),
-            "-D",
-            str(self.data),
-            "-A",
-            "trust",
-            "-U",
-            "bench",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
-        self._run(
-            self._binary("pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "postgres.log"),
-            "-w",
-            "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-            "-c max_connections=300",
-            "start",
-        )
-        self.started = True
-        # postmaster.pid's first line: the postmaster's pid.
-        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+class EmbeddedPostgres(PostgresCluster):
+    """The session's private cluster, whose CPU the benchmarks count."""
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the cluster so far: the postmaster and its children.
@@ -563,21 +503,3 @@ class EmbeddedPostgres:
             + times.children_user
             + times.children_system
         )
-
-    def url(self, name: str) -> str:
-        return f"postgres://bench@127.0.0.1:{self.port}/{name}"
-
-    def execute(self, statement: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url("postgres"), autocommit=True) as db:
-            db.execute(statement)
-
-    def stop(self) -> None:
-        try:
-            if self.started:
-                self._run(
-                    self._binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"
-                )
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)

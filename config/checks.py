@@ -129,12 +129,17 @@ def _database() -> Iterator[CheckMessage]:
                     f"DJANGO_DB_POOL_MAX_SIZE ({high}, database {alias!r}) must be "
                     f"at least ASGI_REQUEST_THREADS + 1 ({threads + 1}).",
                 )
-            if not (_finite(timeout) and timeout > 0):
-                yield _error(
-                    6,
-                    f"DJANGO_DB_POOL_TIMEOUT: a number of seconds above 0 is needed, "
-                    f"not {timeout!r} (database {alias!r}).",
-                )
+            reconnect = pool.get("reconnect_timeout", 300.0)
+            for name, seconds in (
+                ("DJANGO_DB_POOL_TIMEOUT", timeout),
+                ("DJANGO_DB_POOL_RECONNECT_TIMEOUT", reconnect),
+            ):
+                if not (_finite(seconds) and seconds > 0):
+                    yield _error(
+                        6,
+                        f"{name}: a number of seconds above 0 is needed, "
+                        f"not {seconds!r} (database {alias!r}).",
+                    )
 
 
 def _worker() -> Iterator[CheckMessage]:

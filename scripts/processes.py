@@ -16,6 +16,7 @@ pytest with it): realtime.server is imported only to build the web command.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,115 @@ def valkey(**options: object) -> Iterator[str]:
 
     with ValkeyServer(save="", appendonly="no", **options) as server:
         yield f"{server.connection_url}/0"
+
+
+# A private PostgreSQL cluster ----------------------------------------------------
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of its own in a temp dir, on a free loopback port.
+
+    For the benchmarks (``--db postgres``) and the tests that stop the
+    database under a running stack. ``stop`` keeps the data, so ``start``
+    brings the same cluster back on the same port; ``remove`` stops it and
+    deletes it. Uses the server binaries on the machine (initdb, pg_ctl); as
+    root they run as the ``postgres`` user, since PostgreSQL refuses to run
+    as root.
+    """
+
+    def __init__(self, *, max_connections: int = 300) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pg-cluster-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.max_connections = max_connections
+        self.running = False
+        self.pid = 0
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this machine has the server binaries."""
+        try:
+            PostgresCluster._binary("pg_ctl")
+        except RuntimeError:
+            return False
+        return True
+
+    @staticmethod
+    def _binary(name: str) -> str:
+        found = shutil.which(name)
+        if found:
+            return found
+        for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}")):
+            return str(candidate)
+        raise RuntimeError(f"{name} not found: install the PostgreSQL server")
+
+    def _run(self, *args: str, timeout: float = 60) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *args],
+            check=True,
+            timeout=timeout,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        """Start the cluster (made on the first start); wait until it accepts."""
+        if not self.data.exists():
+            if os.geteuid() == 0:
+                shutil.chown(self.dir, "postgres", "postgres")
+            self._run(
+                self._binary("initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "bench",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        self._run(
+            self._binary("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "postgres.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses={HOST} "
+            f"-c max_connections={self.max_connections}",
+            "start",
+        )
+        self.running = True
+        # postmaster.pid's first line: the postmaster's pid.
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server, keeping the data: ``fast`` ends every session."""
+        if self.running:
+            self._run(self._binary("pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+            self.running = False
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, name: str) -> str:
+        return f"postgres://bench@{HOST}:{self.port}/{name}"
+
+    def execute(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as db:
+            db.execute(statement)
+
+    def log(self) -> str:
+        path = self.dir / "postgres.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 # Child processes ---------------------------------------------------------------

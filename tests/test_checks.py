@@ -89,6 +89,11 @@ def test_a_pool_and_kept_connections_are_refused_together() -> None:
         ({"min_size": 5, "max_size": 2}, "payments.E005"),
         ({"min_size": 0, "max_size": 0}, "payments.E005"),
         ({"min_size": 2, "max_size": 4, "timeout": 0}, "payments.E006"),
+        ({"min_size": 2, "max_size": 4, "reconnect_timeout": -1}, "payments.E006"),
+        (
+            {"min_size": 2, "max_size": 4, "reconnect_timeout": float("inf")},
+            "payments.E006",
+        ),
     ],
 )
 def test_pool_sizes_and_timeout_are_sane(pool: dict[str, float], expected: str) -> None:

@@ -381,6 +381,42 @@ def test_a_whole_batchs_error_finishes_each_job_failed_with_its_traceback(
     ]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_an_outage_cut_short_runs_again_once_the_database_is_back(
+    monkeypatch,
+) -> None:
+    """Neither the answers nor the jobs' results could be stored.
+
+    The job stays RUNNING under a live worker, whose jobs no other worker
+    takes: the worker itself runs it again, charged once, before it claims
+    anything else.
+    """
+    [payment] = enqueued_payments("pm_card_visa")
+    worker = make_worker()
+
+    def away(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(services, "_payments_record_answers", away)
+    monkeypatch.setattr(DBTaskResult, "set_failed", away)
+    with pytest.raises(OperationalError):
+        worker._round()
+    assert job_statuses() == {str(payment.id): "RUNNING"}
+    assert worker._database_away(OperationalError("gone")) > 0
+
+    monkeypatch.undo()
+    worker._round()
+    worker._database_back()
+
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    assert SimulatedCharge.objects.filter(payment_id=payment.id).count() == 1
+    assert sorted(DBTaskResult.objects.values_list("status", flat=True)) == [
+        "FAILED",  # released: its traceback says the worker stopped before
+        "SUCCESSFUL",
+    ]
+
+
 @pytest.mark.django_db
 def test_a_put_back_that_fails_leaves_the_charged_jobs_result_and_finishes_it_once(
     settings, sigterm_in_call, monkeypatch, job_signals

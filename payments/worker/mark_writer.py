@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
+from django.db import OperationalError
 
 from payments.outbox import marks
 from payments.worker.periodic import PeriodicThread
@@ -49,5 +50,11 @@ def marks_batched(interval: float | None = None) -> Iterator[MarkWriter]:
         # database away at shutdown leaves them to recovery, not a traceback.
         try:
             marks.flush()
+        except OperationalError as exc:
+            logger.warning(
+                "writing the last marks failed, database unavailable (%r); "
+                "recovery re-pushes",
+                exc,
+            )
         except Exception:
             logger.exception("writing the last marks failed; recovery re-pushes")

@@ -177,11 +177,12 @@ def tasks_release_abandoned() -> int:
 
 
 def tasks_release_held_by(worker_id: str) -> int:
-    """At a worker's start: run again the jobs an earlier run of its id left.
+    """Run again the RUNNING jobs claimed under ``worker_id``: none is in hand.
 
-    A worker that is starting holds no job, so any RUNNING job claimed under
-    its id was abandoned by a previous process with the same --worker-id
-    (a container restarted, say), whose heartbeat row it is about to renew.
+    At a worker's start, they were abandoned by a previous process with the
+    same --worker-id (a container restarted, say), whose heartbeat row it is
+    about to renew. Between a worker's jobs, after its database came back,
+    they are those whose batch the outage cut short.
     """
     return sum(
         _release(job_id, started_at, worker_id)

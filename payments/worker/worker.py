@@ -26,6 +26,7 @@ from django_tasks_db.utils import (
 )
 
 from payments import selectors, services, tasks
+from payments.worker.recovery import tasks_release_held_by
 from payments.worker.wakeup import WakeupListener, wake_workers
 
 # The settle sweep (services.payments_settle_due) looks for due outcomes at
@@ -51,6 +52,9 @@ CLAIM_BATCH = 50
 # it charged in the time, so the others get the rest. The simulated gateway
 # charges a batch of 50 in well under this.
 BATCH_CHARGE_TIME = 1.0
+# Seconds between looks at a database that went away: one failed connection
+# a second, where the loop would spin through the pool's timeouts.
+DATABASE_RETRY_INTERVAL = 1.0
 PROCESS_PAYMENT = tasks.process_payment.module_path
 
 
@@ -93,6 +97,8 @@ class WakeableWorker(Worker):
         # BATCH_CHARGE_TIME once one ran out of it, doubled back after each
         # that did not.
         self._claim_limit = CLAIM_BATCH
+        # When the database went away, while it is (monotonic clock).
+        self._database_lost_at: float | None = None
 
     def run(self) -> None:
         keep_connections_between_jobs()
@@ -108,35 +114,87 @@ class WakeableWorker(Worker):
             # Avoid a thundering herd of workers started together.
             time.sleep(random.random())  # noqa: S311
         try:
-            while self.running:
-                close_old_connections()
-                self._settle_due()
-                if not self.running:
-                    break  # SIGTERM during the sweep: no new job
-                claimed = self._claim_batch()
-                if claimed:
-                    self._run_claimed(claimed)
-                if self.max_tasks is not None and self._run_tasks >= self.max_tasks:
-                    logger.info(
-                        "Run maximum tasks (%d) on worker=%s - exiting gracefully.",
-                        self._run_tasks,
-                        self.worker_id,
-                    )
-                    return
-                close_old_connections()
-                if self.running and not claimed:
-                    timeout = self._idle_timeout()
-                    self._waiting = True
-                    try:
-                        if self.running:
-                            # The e2e tests wait for this line: the worker
-                            # is idle, so only a wake-up can start a job.
-                            logger.debug("idle; waiting up to %.2f s", timeout)
-                            self.wakeups.wait(timeout)
-                    finally:
-                        self._waiting = False
+            while self.running and not self._ran_max_tasks():
+                try:
+                    timeout = self._round()
+                except OperationalError as exc:
+                    timeout = self._database_away(exc)
+                else:
+                    self._database_back()
+                if timeout is not None and self.running:
+                    self._idle(timeout)
+            if self._ran_max_tasks():
+                logger.info(
+                    "Run maximum tasks (%d) on worker=%s - exiting gracefully.",
+                    self._run_tasks,
+                    self.worker_id,
+                )
         finally:
             self.wakeups.close()
+
+    def _round(self) -> float | None:
+        """The sweep, then a claim and its jobs; return how long to idle, if at all."""
+        close_old_connections()
+        if self._database_lost_at is not None:
+            # Between jobs: a job of its own still RUNNING is one whose
+            # batch the outage cut short, and no other worker takes a live
+            # worker's job.
+            tasks_release_held_by(self.worker_id)
+        self._settle_due()
+        if not self.running:
+            return None  # SIGTERM during the sweep: no new job
+        claimed = self._claim_batch()
+        if claimed:
+            self._run_claimed(claimed)
+        close_old_connections()
+        if claimed or not self.running or self._ran_max_tasks():
+            return None
+        return self._idle_timeout()
+
+    def _ran_max_tasks(self) -> bool:
+        return self.max_tasks is not None and self._run_tasks >= self.max_tasks
+
+    def _idle(self, timeout: float) -> None:
+        self._waiting = True
+        try:
+            if self.running:
+                # The e2e tests wait for this line: the worker is idle, so
+                # only a wake-up can start a job.
+                logger.debug("idle; waiting up to %.2f s", timeout)
+                self.wakeups.wait(timeout)
+        finally:
+            self._waiting = False
+
+    def _database_away(self, exc: OperationalError) -> float:
+        """Note that the database is away; return how long to wait before trying.
+
+        A restart or a failover ends, and this worker goes on where it was:
+        a job whose batch the outage cut short, left RUNNING, it releases to
+        run again before it claims any other (_round). Its lease bounds the
+        wait, not this loop: renewals fail
+        meanwhile, and past TASKS_WORKER_DEAD_AFTER less an interval the
+        heartbeat ends the process (LEASE_LOST_EXIT) before another worker
+        may take its jobs.
+        """
+        if is_locked_database_exception(exc):
+            raise exc  # SQLite's lock is handled where it is taken; not this
+        if self._database_lost_at is None:
+            self._database_lost_at = time.monotonic()
+            logger.warning(
+                "database unavailable (%r); trying again every %.1f s",
+                exc,
+                DATABASE_RETRY_INTERVAL,
+            )
+        connections.close_all()
+        return DATABASE_RETRY_INTERVAL
+
+    def _database_back(self) -> None:
+        if self._database_lost_at is not None:
+            logger.warning(
+                "database available again after %.1f s",
+                time.monotonic() - self._database_lost_at,
+            )
+            self._database_lost_at = None
 
     def shutdown(self, signum: int, frame: FrameType | None) -> None:
         if self.running and not self.running_task and not self._waiting:

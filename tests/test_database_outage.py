@@ -1,0 +1,279 @@
+"""PostgreSQL stopped and started again under a running stack.
+
+The production configuration (PostgreSQL with the pool, Redis) on a cluster
+of the test's own, so the test can stop it. While it is away every client
+gets an answer it can act on (a JSON 503 naming the database, an error
+frame on an open socket); the worker waits, within its lease, or ends and is
+replaced by one that waits for the database. Once it is back, new payments
+are accepted at once, and every payment accepted before settles, charged
+once, its outcome pushed to the socket that follows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from django.conf import settings
+from websockets.sync.client import ClientConnection
+
+from payments.worker.heartbeat import LEASE_LOST_EXIT
+from scripts.processes import PY, ROOT, PostgresCluster, Process
+from tests.helpers import (
+    CREATE,
+    create_payment_sync,
+    next_frame_sync,
+    open_socket_sync,
+    socket_id_of_sync,
+    wait_until,
+)
+from tests.live import LiveStack, OutcomeGate, live_stack
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not PostgresCluster.available(), reason="needs the PostgreSQL server binaries"
+    ),
+]
+
+TIMEOUT = 20.0
+DATABASE = "payments"
+# Recovery as in test_faults, and requests that wait a second for a pooled
+# connection, not five, before their 503.
+OUTAGE_ENV = {
+    "PAYMENTS_STUCK_AFTER": "2",
+    "PAYMENTS_RECOVERY_INTERVAL": "0.5",
+    "PAYMENTS_REDELIVER_AFTER": "0.5",
+    "DJANGO_DB_POOL_TIMEOUT": "1",
+}
+
+
+@pytest.fixture
+def cluster() -> Iterator[PostgresCluster]:
+    """A migrated database on a PostgreSQL cluster of the test's own."""
+    cluster = PostgresCluster(max_connections=100)
+    try:
+        cluster.start()
+        cluster.execute(f"CREATE DATABASE {DATABASE}")
+        subprocess.run(
+            [PY, "manage.py", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DJANGO_SETTINGS_MODULE": "config.settings.test",
+                "DATABASE_URL": cluster.url(DATABASE),
+            },
+            check=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def gate() -> OutcomeGate:
+    return OutcomeGate()
+
+
+@pytest.fixture
+def start(
+    cluster: PostgresCluster, gate: OutcomeGate, isolated_channel_layer: str
+) -> Iterator[Callable[..., LiveStack]]:
+    """Return start(**env): a stack on the cluster, its outcomes behind ``gate``."""
+    stacks: list[LiveStack] = []
+    with ExitStack() as running:
+
+        def start(**env: str) -> LiveStack:
+            stack = running.enter_context(
+                live_stack(
+                    database_url=cluster.url(DATABASE),
+                    redis_url=settings.REDIS_URL,
+                    channels_prefix=isolated_channel_layer,
+                    **{**OUTAGE_ENV, **gate.env, **env},
+                )
+            )
+            stacks.append(stack)
+            return stack
+
+        yield start
+        for stack in stacks:
+            print(stack.report())  # shown by pytest only when the test fails
+
+
+def rows(cluster: PostgresCluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(cluster.url(DATABASE), autocommit=True) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def subscribe(ws: ClientConnection, payment: dict[str, Any]) -> None:
+    frame = {
+        "action": "subscribe",
+        "payment_id": payment["id"],
+        "client_secret": payment["client_secret"],
+    }
+    ws.send(json.dumps(frame))
+
+
+def statuses_until_terminal(
+    ws: ClientConnection, ids: set[str]
+) -> dict[str, list[tuple[str, int]]]:
+    """Each payment's (status, version) frames, until all of ``ids`` are terminal."""
+    seen: dict[str, list[tuple[str, int]]] = {}
+    waiting = set(ids)
+    while waiting:
+        frame = next_frame_sync(ws, timeout=30)
+        assert frame["event"] == "payment-status", frame
+        data = frame["data"]
+        seen.setdefault(data["id"], []).append((data["status"], data["version"]))
+        if data["status"] in ("succeeded", "failed", "canceled"):
+            waiting.discard(data["id"])
+    return seen
+
+
+def assert_charged_once_and_settled(cluster: PostgresCluster, ids: list[str]) -> None:
+    """Each payment succeeded, one charge at the gateway, events 1, 2, 3."""
+    charges = rows(
+        cluster,
+        "SELECT payment_id::text, count(*) FROM payments_simulatedcharge "
+        "WHERE payment_id::text = ANY(%s) GROUP BY payment_id",
+        ids,
+    )
+    assert sorted(charges) == sorted((i, 1) for i in ids), charges
+    for payment_id in ids:
+        events = rows(
+            cluster,
+            "SELECT version, from_status, to_status FROM payments_paymentevent "
+            "WHERE payment_id::text = %s ORDER BY id",
+            payment_id,
+        )
+        assert events == [
+            (1, "", "pending"),
+            (2, "pending", "processing"),
+            (3, "processing", "succeeded"),
+        ], (payment_id, events)
+
+
+def assert_answers_while_away(stack: LiveStack, payment: dict[str, Any]) -> None:
+    """Every HTTP answer is JSON naming the database; liveness still answers."""
+    with httpx.Client(base_url=stack.http_url, trust_env=False, timeout=TIMEOUT) as c:
+        created = c.post(CREATE, json={"amount": 1000})
+        read = c.get(
+            f"{CREATE}{payment['id']}/",
+            params={"client_secret": payment["client_secret"]},
+        )
+        ready = c.get("/readyz")
+        alive = c.get("/healthz")
+    for response in (created, read):
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert error["code"] == "service_unavailable", error
+        assert error["message"].startswith("database:"), error
+        assert int(response.headers["retry-after"]) > 0
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["checks"]["database"]["status"] == "error", ready.text
+    assert alive.status_code == 200, alive.text
+
+
+def assert_outage_said_plainly(processes: Iterable[Process]) -> None:
+    """No traceback for the outage itself: the web's answers, the worker's loops.
+
+    A job whose batch the outage cut short is logged failed with its
+    traceback (Django's task log line, the gateway call's warning: the
+    simulated gateway keeps its charges in this database), as any failed
+    job is.
+    """
+    for process in processes:
+        output = process.output()
+        if process.name.startswith("daphne"):
+            assert "Traceback" not in output, process.name
+        assert "next round\nTraceback" not in output, process.name
+        assert "before starting\nTraceback" not in output, process.name
+
+
+def test_a_database_restart_is_ridden_out_and_nothing_accepted_is_lost(
+    start: Callable[..., LiveStack], cluster: PostgresCluster, gate: OutcomeGate
+) -> None:
+    # A lease long enough to outlast the restart: the same worker goes on.
+    stack = start(TASKS_WORKER_HEARTBEAT_INTERVAL="0.5", TASKS_WORKER_DEAD_AFTER="30")
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
+        before = create_payment_sync(stack, socket_id=socket_id)
+        frame = next_frame_sync(ws)
+        assert (frame["data"]["status"], frame["data"]["version"]) == (
+            "processing",
+            2,
+        ), frame
+
+        cluster.stop()
+        assert_answers_while_away(stack, before)
+        # The socket stays open: its subscribe is refused, its ping answered.
+        subscribe(ws, before)
+        frame = next_frame_sync(ws)
+        assert frame["event"] == "error", frame
+        assert frame["data"]["code"] == "service_unavailable", frame
+        ws.send(json.dumps({"action": "ping"}))
+        assert next_frame_sync(ws)["event"] == "pong"
+        wait_until(
+            lambda: "database unavailable" in stack.worker.output(),
+            "the worker to notice the database is away",
+        )
+
+        cluster.start()
+        # Accepted at once: the pool connects again on the first request.
+        after = create_payment_sync(stack, socket_id=socket_id)
+        gate.open()
+        frames = statuses_until_terminal(ws, {before["id"], after["id"]})
+
+    # Each change once, in order: the socket's frames are pushes, not polls.
+    assert frames == {
+        before["id"]: [("succeeded", 3)],
+        after["id"]: [("processing", 2), ("succeeded", 3)],
+    }, frames
+    assert_charged_once_and_settled(cluster, [before["id"], after["id"]])
+    assert stack.worker.returncode is None, "the worker ended in the outage"
+    assert "database available again" in stack.worker.output()
+    assert_outage_said_plainly(stack.processes)
+
+
+def test_a_worker_whose_lease_lapsed_in_an_outage_is_replaced_by_one_that_waits(
+    start: Callable[..., LiveStack], cluster: PostgresCluster, gate: OutcomeGate
+) -> None:
+    # A short lease: the outage outlasts it.
+    stack = start(TASKS_WORKER_HEARTBEAT_INTERVAL="0.5", TASKS_WORKER_DEAD_AFTER="2")
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
+        before = create_payment_sync(stack, socket_id=socket_id)
+        frame = next_frame_sync(ws)
+        assert frame["data"]["status"] == "processing", frame
+
+        cluster.stop()
+        # It ends itself before another worker may take its jobs, with the
+        # status scripts/run restarts (compose restarts any).
+        assert stack.worker.wait(TIMEOUT) == LEASE_LOST_EXIT
+        # Its replacement, started while the database is still away, waits.
+        replacement = stack.start_worker()
+        wait_until(
+            lambda: "waiting for it before starting" in replacement.output(),
+            "the new worker to wait for the database",
+        )
+        assert replacement.returncode is None
+
+        cluster.start()
+        gate.open()
+        frames = statuses_until_terminal(ws, {before["id"]})
+
+    assert frames == {before["id"]: [("succeeded", 3)]}, frames
+    assert_charged_once_and_settled(cluster, [before["id"]])
+    assert replacement.returncode is None
+    assert "database available; starting" in replacement.output()
+    assert_outage_said_plainly(stack.history)
