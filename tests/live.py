@@ -429,9 +429,10 @@ class GatedChargeGateway(SimulatedGateway):
     """The simulated gateway, answering a charge only when the test opens a gate.
 
     The charge is made (its SimulatedCharge row committed), then the worker
-    waits for a token on the Redis list ``PAYMENTS_TEST_CHARGE_GATE``
-    (open_charge_gate), at most a minute: the test decides how long a worker
-    holds a charged payment whose charge is not yet recorded.
+    waits for a token on the Redis list ``PAYMENTS_TEST_CHARGE_GATE`` at
+    ``PAYMENTS_TEST_GATE_REDIS_URL`` (ChargeGate), at most a minute: the test
+    decides how long a worker holds a charged payment whose charge is not
+    yet recorded.
     """
 
     def charge(self, *, payment: Payment) -> GatewayResult:
@@ -440,7 +441,9 @@ class GatedChargeGateway(SimulatedGateway):
         result = super().charge(payment=payment)
         # redis-py 8 reads with a 5 s socket timeout by default, shorter than
         # a test may keep the gate shut; the BLPOP's own 60 s bounds the wait.
-        client = redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=None)
+        client = redis.Redis.from_url(
+            os.environ["PAYMENTS_TEST_GATE_REDIS_URL"], socket_timeout=None
+        )
         try:
             client.blpop([os.environ["PAYMENTS_TEST_CHARGE_GATE"]], timeout=60)
         finally:
@@ -499,6 +502,28 @@ class OutcomeGate:
             client.set(self.key, b"open", ex=3600)
 
 
+class ChargeGate:
+    """A gate of GatedChargeGateway: ``env`` puts a stack behind it; open() it.
+
+    Each open lets that many charges through, waiting or still to come. The
+    list is on the suite's Redis, as OutcomeGate's key.
+    """
+
+    def __init__(self) -> None:
+        self.key = f"test-charge-gate-{uuid.uuid4().hex}"
+        self.env = {
+            "PAYMENTS_GATEWAY": "tests.live.GatedChargeGateway",
+            "PAYMENTS_TEST_CHARGE_GATE": self.key,
+            "PAYMENTS_TEST_GATE_REDIS_URL": settings.REDIS_URL,
+        }
+
+    def open(self, charges: int = 1) -> None:
+        import redis
+
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            client.rpush(self.key, *[b"open"] * charges)
+
+
 class ChargePendingGateway(SimulatedGateway):
     """The simulated gateway whose charge always answers ``pending`` (0.1 s).
 
@@ -512,17 +537,6 @@ class ChargePendingGateway(SimulatedGateway):
 
         super().charge(payment=payment)
         return GatewayResult(Outcome.PENDING, retry_after=0.1)
-
-
-def open_charge_gate(redis_url: str, gate: str, charges: int = 1) -> None:
-    """Let ``charges`` charges waiting (or still to come) at the gate through."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.rpush(gate, *[b"open"] * charges)
-    finally:
-        client.close()
 
 
 HAPROXY = "/usr/sbin/haproxy"

@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings
 from django.db.models import Count
 from django.urls import Resolver404, resolve
 from websockets.asyncio.client import ClientConnection, connect
@@ -42,10 +41,10 @@ from websockets.exceptions import ConnectionClosed
 
 from payments.models import TERMINAL_STATUSES, GatewayCall, Payment, SimulatedCharge
 from tests.live import (
+    ChargeGate,
     HAProxy,
     LiveStack,
     free_port,
-    open_charge_gate,
     started_stacks,
 )
 
@@ -80,9 +79,6 @@ SIO_RAMP_MS = 30
 # At 10 one client's 20 POSTs all landed on its socket's web.
 OPENING = 9
 ENV = {
-    # Each charge waits at a gate the test opens (tests.live.GatedChargeGateway):
-    # the second round is held in flight until both kills are done.
-    "PAYMENTS_GATEWAY": "tests.live.GatedChargeGateway",
     "PAYMENTS_SIMULATED_DELAY": "0.5",
     # The killed worker's job in hand runs again once its heartbeat is 20 s
     # old. Not less: on two cores shared with other test runs, renewals
@@ -110,6 +106,9 @@ class Topology:
     first: LiveStack
     second: LiveStack
     proxy: HAProxy
+    # Each charge waits at it until the test opens it: the second round is
+    # held in flight until both kills are done.
+    gate: ChargeGate
 
     def served(self) -> list[tuple[str, str, str]]:
         """(server, method, uri) of every request HAProxy has logged so far."""
@@ -130,10 +129,6 @@ def readyz_routed() -> bool:
     return True
 
 
-def gate_name(channels_prefix: str) -> str:
-    return f"{channels_prefix}:charge-gate"
-
-
 @pytest.fixture
 def topology(transactional_db: None, isolated_channel_layer: str) -> Iterator[Topology]:
     if not os.access("/usr/sbin/haproxy", os.X_OK):
@@ -144,16 +139,17 @@ def topology(transactional_db: None, isolated_channel_layer: str) -> Iterator[To
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=TESTS, check=True, timeout=300
         )
+    gate = ChargeGate()
     with started_stacks(
         isolated_channel_layer,
         # Workers wait on wake-ups; polls only back them up.
         worker_interval="0.5",
-        PAYMENTS_TEST_CHARGE_GATE=gate_name(isolated_channel_layer),
+        **gate.env,
         **ENV,
     ) as start:
         stacks = [start() for _ in range(2)]
         with HAProxy([s.port for s in stacks], http_check=readyz_routed()) as proxy:
-            yield Topology(*stacks, proxy)
+            yield Topology(*stacks, proxy, gate)
 
 
 # JSON protocol clients ----------------------------------------------------------
@@ -364,8 +360,7 @@ def test_two_webs_two_workers_behind_haproxy_then_one_of_each_killed(
         )
         return dict(zip(SIO_MODES, results, strict=True))
 
-    def open_gate(charges: int) -> None:
-        open_charge_gate(settings.REDIS_URL, gate_name(isolated_channel_layer), charges)
+    open_gate = topology.gate.open
 
     def mark(what: str) -> None:
         # Shown by pytest when the test fails: how far it got, and when.
