@@ -95,6 +95,16 @@ def _numbers() -> Iterator[CheckMessage]:
 
 
 def _database() -> Iterator[CheckMessage]:
+    tcp_timeout = getattr(settings, "DATABASE_TCP_TIMEOUT", None)
+    if tcp_timeout is not None and not (
+        isinstance(tcp_timeout, int) and tcp_timeout >= 2
+    ):
+        # libpq takes a connect_timeout below 2 s as 2 s.
+        yield _error(
+            13,
+            f"DJANGO_DB_TCP_TIMEOUT: whole seconds, at least 2, are needed, "
+            f"not {tcp_timeout!r}.",
+        )
     for alias, database in settings.DATABASES.items():
         pool = database.get("OPTIONS", {}).get("pool")
         if not pool:

@@ -103,6 +103,11 @@ def test_pool_sizes_and_timeout_are_sane(pool: dict[str, float], expected: str) 
     assert expected in found and "payments.E004" not in found
 
 
+@pytest.mark.parametrize("value", [1, 0, -5, 2.5])
+def test_the_databases_tcp_timeout_is_whole_seconds_of_at_least_two(value) -> None:
+    assert project_ids(DATABASE_TCP_TIMEOUT=value) == ["payments.E013"]
+
+
 @ignore_databases_override
 def test_the_pool_holds_a_connection_per_request_thread_and_one_more() -> None:
     def pool(size: int) -> dict[str, dict[str, object]]:

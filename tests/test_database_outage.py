@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,6 +109,58 @@ def start(
         yield start
         for stack in stacks:
             print(stack.report())  # shown by pytest only when the test fails
+
+
+class Blackhole:
+    """Every packet to the cluster's port dropped: a database that stops answering.
+
+    Its connections stay open, as after a failover that moved the address
+    or in a network partition: nothing is refused or closed, nothing comes
+    back. An iptables rule on the loopback interface, removed on stop().
+    """
+
+    def __init__(self, port: int) -> None:
+        self.rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port)]
+        self.rule += ["-j", "DROP"]
+        self.active = False
+
+    @staticmethod
+    def usable() -> str | None:
+        """Why this machine cannot drop packets, or None if it can."""
+        if os.geteuid() != 0 and subprocess.run(["sudo", "-n", "true"]).returncode:
+            return "dropping packets needs root or sudo (CI has one)"
+        if not shutil.which("iptables") and not Path("/usr/sbin/iptables").exists():
+            return "iptables is needed: apt-get install iptables (.ci/run does)"
+        return None
+
+    def _iptables(self, *args: str) -> None:
+        command = ["iptables", "-w", *args]
+        if os.geteuid() != 0:
+            command = ["sudo", "-n", *command]
+        subprocess.run(command, check=True, timeout=TIMEOUT, capture_output=True)
+
+    def start(self) -> None:
+        self._iptables("-A", *self.rule)
+        self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            self._iptables("-D", *self.rule)
+            self.active = False
+
+
+@pytest.fixture
+def blackhole(cluster: PostgresCluster) -> Iterator[Blackhole]:
+    reason = Blackhole.usable()
+    if reason is not None:
+        if os.geteuid() == 0:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    hole = Blackhole(cluster.port)
+    try:
+        yield hole
+    finally:
+        hole.stop()
 
 
 def rows(cluster: PostgresCluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -277,3 +331,46 @@ def test_a_worker_whose_lease_lapsed_in_an_outage_is_replaced_by_one_that_waits(
     assert replacement.returncode is None
     assert "database available; starting" in replacement.output()
     assert_outage_said_plainly(stack.history)
+
+
+def test_a_database_that_stops_answering_is_given_up_on_within_its_tcp_timeout(
+    start: Callable[..., LiveStack],
+    cluster: PostgresCluster,
+    gate: OutcomeGate,
+    blackhole: Blackhole,
+) -> None:
+    # A lease that outlasts the test: the worker's connections, not its
+    # heartbeat, must give up on the silent database.
+    stack = start(
+        TASKS_WORKER_HEARTBEAT_INTERVAL="0.5",
+        TASKS_WORKER_DEAD_AFTER="120",
+        DJANGO_DB_TCP_TIMEOUT="3",
+    )
+    with open_socket_sync(stack) as ws:
+        socket_id = socket_id_of_sync(ws)
+        before = create_payment_sync(stack, socket_id=socket_id)
+        frame = next_frame_sync(ws)
+        assert frame["data"]["status"] == "processing", frame
+
+        blackhole.start()
+        # Answered, within the client's TIMEOUT, not after the kernel's
+        # minutes of retransmissions: the pooled connection it was lent
+        # closes 3 s in (or the pool has none to lend).
+        assert_answers_while_away(stack, before)
+        wait_until(
+            lambda: "database unavailable" in stack.worker.output(),
+            "the worker to give up on the silent database",
+        )
+
+        blackhole.stop()
+        after = create_payment_sync(stack, socket_id=socket_id)
+        gate.open()
+        frames = statuses_until_terminal(ws, {before["id"], after["id"]})
+
+    assert frames == {
+        before["id"]: [("succeeded", 3)],
+        after["id"]: [("processing", 2), ("succeeded", 3)],
+    }, frames
+    assert_charged_once_and_settled(cluster, [before["id"], after["id"]])
+    assert stack.worker.returncode is None, "the worker ended in the outage"
+    assert_outage_said_plainly(stack.processes)

@@ -42,6 +42,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
+    # A database that stops answering without closing its connections (a
+    # failover that moved its address, a network partition) held a request
+    # or a job for the kernel's retransmissions: over two minutes to connect,
+    # some fifteen on an open connection. libpq's own timeouts close such a
+    # connection within DATABASE_TCP_TIMEOUT seconds, so the request gets its
+    # 503 and the worker waits for the database (tests/test_database_outage.py);
+    # an answer that is only slow (a long query) is not cut: the server's
+    # kernel still acknowledges. Values in DATABASE_URL's query win.
+    DATABASE_TCP_TIMEOUT = env.int("DJANGO_DB_TCP_TIMEOUT", default=10)
+    for option, value in {
+        "connect_timeout": DATABASE_TCP_TIMEOUT,
+        "tcp_user_timeout": DATABASE_TCP_TIMEOUT * 1000,  # milliseconds
+        # An idle connection is probed too, or it is found dead only when
+        # lent to the next request.
+        "keepalives": 1,
+        "keepalives_idle": max(1, DATABASE_TCP_TIMEOUT // 2),
+        "keepalives_interval": 1,
+        "keepalives_count": max(1, DATABASE_TCP_TIMEOUT // 2),
+    }.items():
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(option, value)
     # A connection opened per request costs a backend start and
     # authentication every time. A pool per process (psycopg_pool, Django's
     # "pool" option) lends each request a connection opened earlier, and
