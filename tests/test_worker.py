@@ -23,6 +23,7 @@ from payments import services, tasks
 from payments.gateways.simulated import SimulatedGateway
 from payments.models import GatewayCall, Payment, PaymentEvent, SimulatedCharge
 from payments.worker import worker as worker_module
+from payments.worker.database import is_database_unavailable
 from payments.worker.mark_writer import marks_batched
 from payments.worker.worker import WakeableWorker, keep_connections_between_jobs
 from tests.helpers import make_worker
@@ -411,10 +412,66 @@ def test_a_batch_an_outage_cut_short_runs_again_once_the_database_is_back(
     payment.refresh_from_db()
     assert payment.status == "succeeded"
     assert SimulatedCharge.objects.filter(payment_id=payment.id).count() == 1
-    assert sorted(DBTaskResult.objects.values_list("status", flat=True)) == [
-        "FAILED",  # released: its traceback says the worker stopped before
-        "SUCCESSFUL",
+    assert sorted(DBTaskResult.objects.values_list("status", "traceback")) == [
+        (
+            "FAILED",
+            "The worker running this job (test) lost its database "
+            "mid-batch; the job was enqueued again.",
+        ),
+        ("SUCCESSFUL", ""),
     ]
+
+
+def outage_error(sqlstate_error: type[Exception] | None) -> OperationalError:
+    """An OperationalError as Django raises it from psycopg's ``sqlstate_error``."""
+    error = OperationalError("the database went away")
+    if sqlstate_error is not None:
+        error.__cause__ = sqlstate_error("from the server")
+    return error
+
+
+@pytest.mark.django_db
+def test_only_a_database_that_cannot_be_reached_is_an_outage() -> None:
+    import psycopg.errors as pg
+
+    outage = connection.vendor != "sqlite"
+    # A connection refused, closed or timed out; a server shutting down.
+    for cause in (None, pg.AdminShutdown, pg.CannotConnectNow, pg.ConnectionFailure):
+        assert is_database_unavailable(outage_error(cause)) is outage, cause
+    # Faults: a cancelled statement, a refused password, no such table.
+    for cause in (pg.QueryCanceled, pg.InvalidPassword, pg.UndefinedTable):
+        assert not is_database_unavailable(outage_error(cause)), cause
+    assert not is_database_unavailable(RuntimeError("a bug"))
+
+
+@pytest.mark.django_db
+def test_the_loop_waits_out_an_outage_and_ends_on_a_fault(monkeypatch) -> None:
+    worker = make_worker()
+    rounds = iter([outage_error(None), None, outage_error(None)])
+    waits: list[float] = []
+
+    def a_round() -> float | None:
+        error = next(rounds, "stop")
+        if error == "stop":
+            worker.running = False
+            return None
+        if error is not None:
+            raise error
+        return None
+
+    monkeypatch.setattr(worker_module, "is_database_unavailable", lambda exc: True)
+    monkeypatch.setattr(worker, "_round", a_round)
+    monkeypatch.setattr(worker, "_idle", waits.append)
+    worker.run()
+    assert waits == [worker_module.DATABASE_RETRY_INTERVAL] * 2
+    assert worker._database_lost_at is None  # back at the last round
+
+    # A fault is raised, as django-tasks-db's loop raises it.
+    monkeypatch.setattr(worker_module, "is_database_unavailable", lambda exc: False)
+    worker.running = True
+    rounds = iter([outage_error(None)])
+    with pytest.raises(OperationalError):
+        worker.run()
 
 
 @pytest.mark.django_db

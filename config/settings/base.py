@@ -76,9 +76,9 @@ else:
             # database away) before it is answered 503.
             "timeout": env.float("DJANGO_DB_POOL_TIMEOUT", default=5.0),
             # How long the pool retries a lost connection, its waits doubling
-            # (1, 2, 4 s...), before it gives up and connects again on the
+            # (1 s, then 2 s), before it gives up and connects again on the
             # next request. psycopg_pool's 5 minutes left a web process
-            # answering 503 for up to half an outage's length after the
+            # answering 503 for up to about an outage's length after the
             # database was back (its next try came that late).
             "reconnect_timeout": env.float(
                 "DJANGO_DB_POOL_RECONNECT_TIMEOUT", default=5.0

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import OperationalError
 
 from payments.outbox import marks
+from payments.worker.database import is_database_unavailable
 from payments.worker.periodic import PeriodicThread
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,12 @@ def marks_batched(interval: float | None = None) -> Iterator[MarkWriter]:
         # database away at shutdown leaves them to recovery, not a traceback.
         try:
             marks.flush()
-        except OperationalError as exc:
-            logger.warning(
-                "writing the last marks failed, database unavailable (%r); "
-                "recovery re-pushes",
-                exc,
-            )
-        except Exception:
-            logger.exception("writing the last marks failed; recovery re-pushes")
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                logger.warning(
+                    "writing the last marks failed, database unavailable (%r); "
+                    "recovery re-pushes",
+                    exc,
+                )
+            else:
+                logger.exception("writing the last marks failed; recovery re-pushes")

@@ -6,7 +6,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from django.db import OperationalError, connections
+from django.db import connections
+
+from payments.worker.database import is_database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +48,17 @@ class PeriodicThread(threading.Thread):
     def _round(self) -> None:
         try:
             self.work()
-        except OperationalError as exc:
-            # The database away (a restart, a failover) is no bug: said in
-            # a line, not a traceback every round until it is back.
-            logger.warning(
-                "%s: round failed, database unavailable (%r); retrying next round",
-                self.name,
-                exc,
-            )
-        except Exception:
-            logger.exception("%s: round failed; retrying next round", self.name)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                # The database away (a restart, a failover) is no bug: said
+                # in a line, not a traceback every round until it is back.
+                logger.warning(
+                    "%s: round failed, database unavailable (%r); retrying next round",
+                    self.name,
+                    exc,
+                )
+            else:
+                logger.exception("%s: round failed; retrying next round", self.name)
         finally:
             connections.close_all()
 

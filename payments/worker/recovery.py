@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -117,7 +117,12 @@ def _running_payment_jobs() -> list[tuple[object, list[str], datetime]]:
     )
 
 
-def _release(job_id: object, started_at: datetime, holder: str | None) -> bool:
+def _release(
+    job_id: object,
+    started_at: datetime,
+    holder: str | None,
+    why: str = "stopped before it finished",
+) -> bool:
     """Fail an abandoned job and enqueue it again, once, in one transaction.
 
     The conditional UPDATE (still RUNNING, same claim) is the claim: recovery
@@ -132,8 +137,8 @@ def _release(job_id: object, started_at: datetime, holder: str | None) -> bool:
             status=TaskResultStatus.FAILED,
             finished_at=now,
             exception_class_path=f"{__name__}.{AbandonedTaskError.__qualname__}",
-            traceback=f"The worker running this job ({holder}) stopped before "
-            "it finished; the job was enqueued again.",
+            traceback=f"The worker running this job ({holder}) {why}; the job "
+            "was enqueued again.",
         )
         if not claimed:
             return False
@@ -177,17 +182,32 @@ def tasks_release_abandoned() -> int:
 
 
 def tasks_release_held_by(worker_id: str) -> int:
-    """Run again the RUNNING jobs claimed under ``worker_id``: none is in hand.
+    """At a worker's start: run again the jobs an earlier run of its id left.
 
-    At a worker's start, they were abandoned by a previous process with the
-    same --worker-id (a container restarted, say), whose heartbeat row it is
-    about to renew. Between a worker's jobs, after its database came back,
-    they are those whose batch the outage cut short.
+    A worker that is starting holds no job, so any RUNNING job claimed under
+    its id was abandoned by a previous process with the same --worker-id
+    (a container restarted, say), whose heartbeat row it is about to renew.
     """
     return sum(
         _release(job_id, started_at, worker_id)
         for job_id, worker_ids, started_at in _running_payment_jobs()
         if worker_ids and worker_ids[-1] == worker_id
+    )
+
+
+def tasks_release_cut_short(
+    claims: Iterable[tuple[object, datetime]], worker_id: str
+) -> int:
+    """Run again the jobs of a batch the database's outage cut short.
+
+    ``claims`` are the (pk, started_at) of the jobs the worker claimed for
+    the batch; those whose result was stored are no longer RUNNING, and a
+    job claimed again since (by a worker that took this one's lapsed lease)
+    has another started_at: neither is touched.
+    """
+    return sum(
+        _release(pk, started_at, worker_id, why="lost its database mid-batch")
+        for pk, started_at in claims
     )
 
 

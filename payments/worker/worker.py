@@ -26,7 +26,12 @@ from django_tasks_db.utils import (
 )
 
 from payments import selectors, services, tasks
-from payments.worker.recovery import tasks_release_held_by
+from payments.worker.database import (
+    DATABASE_RETRY_INTERVAL,
+    STILL_AWAY_EVERY,
+    is_database_unavailable,
+)
+from payments.worker.recovery import PAYMENT_TASKS, tasks_release_cut_short
 from payments.worker.wakeup import WakeupListener, wake_workers
 
 # The settle sweep (services.payments_settle_due) looks for due outcomes at
@@ -52,9 +57,6 @@ CLAIM_BATCH = 50
 # it charged in the time, so the others get the rest. The simulated gateway
 # charges a batch of 50 in well under this.
 BATCH_CHARGE_TIME = 1.0
-# Seconds between looks at a database that went away: one failed connection
-# a second, where the loop would spin through the pool's timeouts.
-DATABASE_RETRY_INTERVAL = 1.0
 PROCESS_PAYMENT = tasks.process_payment.module_path
 
 
@@ -78,14 +80,16 @@ def keep_connections_between_jobs() -> None:
 class WakeableWorker(Worker):
     """Run jobs as django-tasks-db's Worker does; wait for a wake-up when idle.
 
-    ``run`` is django-tasks-db 0.13's loop (requirements pin it) with two
+    ``run`` is django-tasks-db 0.13's loop (requirements pin it) with three
     changes. Where the original sleeps ``interval`` after finding no job, this
     waits on payments.worker.wakeup until the next deferred job or payment
     outcome is due, at most ``interval``; polling stays as the fallback, so
-    ``--interval`` bounds the delay when a wake-up is lost. And between jobs
+    ``--interval`` bounds the delay when a wake-up is lost. Between jobs
     it runs the settle sweep, which asks the gateway for every charge whose
     outcome is due in one batch: a deferred job per payment cost a claim, a
-    run and a result each.
+    run and a result each. And where the original ends at the database's
+    first error, this waits out an outage (payments.worker.database) and
+    goes on.
     """
 
     def __init__(self, **kwargs: object) -> None:
@@ -97,8 +101,12 @@ class WakeableWorker(Worker):
         # BATCH_CHARGE_TIME once one ran out of it, doubled back after each
         # that did not.
         self._claim_limit = CLAIM_BATCH
-        # When the database went away, while it is (monotonic clock).
+        # When the database went away, while it is, and when that was last
+        # said (monotonic clock).
         self._database_lost_at: float | None = None
+        self._database_said_at = 0.0
+        # The (pk, started_at) of the payment jobs of the batch in hand.
+        self._cut_short: list[tuple[object, object]] = []
 
     def run(self) -> None:
         keep_connections_between_jobs()
@@ -118,6 +126,8 @@ class WakeableWorker(Worker):
                 try:
                     timeout = self._round()
                 except OperationalError as exc:
+                    if not is_database_unavailable(exc):
+                        raise  # a fault, not an outage: as django-tasks-db's loop
                     timeout = self._database_away(exc)
                 else:
                     self._database_back()
@@ -131,21 +141,34 @@ class WakeableWorker(Worker):
                 )
         finally:
             self.wakeups.close()
+            if self._cut_short:
+                # Stopping in an outage: if the database is back, the jobs
+                # run again now rather than at another worker's recovery.
+                try:
+                    tasks_release_cut_short(self._cut_short, self.worker_id)
+                except OperationalError as exc:
+                    logger.warning("cut-short jobs left to recovery: %r", exc)
 
     def _round(self) -> float | None:
         """The sweep, then a claim and its jobs; return how long to idle, if at all."""
         close_old_connections()
-        if self._database_lost_at is not None:
-            # Between jobs: a job of its own still RUNNING is one whose
-            # batch the outage cut short, and no other worker takes a live
-            # worker's job.
-            tasks_release_held_by(self.worker_id)
+        if self._cut_short:
+            tasks_release_cut_short(self._cut_short, self.worker_id)
+            self._cut_short = []
         self._settle_due()
         if not self.running:
             return None  # SIGTERM during the sweep: no new job
         claimed = self._claim_batch()
         if claimed:
+            # Until the batch ends: an outage that cuts it short leaves these
+            # RUNNING under a live worker, whose jobs no other worker takes.
+            self._cut_short = [
+                (job.pk, job.started_at)
+                for job in claimed
+                if job.task_path.startswith(PAYMENT_TASKS)
+            ]
             self._run_claimed(claimed)
+            self._cut_short = []
         close_old_connections()
         if claimed or not self.running or self._ran_max_tasks():
             return None
@@ -166,24 +189,28 @@ class WakeableWorker(Worker):
             self._waiting = False
 
     def _database_away(self, exc: OperationalError) -> float:
-        """Note that the database is away; return how long to wait before trying.
+        """Say that the database is away; return how long to wait before trying.
 
-        A restart or a failover ends, and this worker goes on where it was:
-        a job whose batch the outage cut short, left RUNNING, it releases to
-        run again before it claims any other (_round). Its lease bounds the
-        wait, not this loop: renewals fail
-        meanwhile, and past TASKS_WORKER_DEAD_AFTER less an interval the
-        heartbeat ends the process (LEASE_LOST_EXIT) before another worker
-        may take its jobs.
+        A restart or a failover ends, and this worker goes on where it was;
+        the jobs of a batch the outage cut short run again first (_round).
+        Its lease bounds the wait, not this loop: renewals fail meanwhile,
+        and past TASKS_WORKER_DEAD_AFTER less an interval the heartbeat ends
+        the process (LEASE_LOST_EXIT) before another worker may take its jobs.
         """
-        if is_locked_database_exception(exc):
-            raise exc  # SQLite's lock is handled where it is taken; not this
+        now = time.monotonic()
         if self._database_lost_at is None:
-            self._database_lost_at = time.monotonic()
+            self._database_lost_at = self._database_said_at = now
             logger.warning(
-                "database unavailable (%r); trying again every %.1f s",
+                "database unavailable (%r); trying again %.1f s after each try",
                 exc,
                 DATABASE_RETRY_INTERVAL,
+            )
+        elif now - self._database_said_at >= STILL_AWAY_EVERY:
+            self._database_said_at = now
+            logger.warning(
+                "database still unavailable after %.0f s (%r)",
+                now - self._database_lost_at,
+                exc,
             )
         connections.close_all()
         return DATABASE_RETRY_INTERVAL

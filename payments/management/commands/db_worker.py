@@ -6,13 +6,10 @@ takes the name ``db_worker``; all of the original's options still apply.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from typing import Any
 
 from django.core.management.base import CommandError
-from django.db import OperationalError, connection, connections
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV, run_with_reloader
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
@@ -20,49 +17,20 @@ from ops.heap import freeze_startup_objects
 from ops.metrics import serve_worker
 from payments import services
 from payments.worker import mark_writer
+from payments.worker.database import wait_for_database
 from payments.worker.heartbeat import (
     heartbeat_claim_waiting,
     heartbeat_end,
     heartbeat_running,
 )
 from payments.worker.recovery import recovery_running, tasks_release_held_by
-from payments.worker.worker import DATABASE_RETRY_INTERVAL, WakeableWorker
-
-logger = logging.getLogger(__name__)
+from payments.worker.worker import WakeableWorker
 
 
 def settle_all_due(batch: int = 100) -> None:
     """Settle every payment due now; a partial batch means none is left."""
     while services.payments_settle_due(limit=batch) == batch:
         pass
-
-
-def wait_for_database() -> None:
-    """Return once the database answers a query; until then, try again.
-
-    A worker started while the database is away (a restart, a failover, a
-    whole stack starting at once, or this worker replaced after its lease
-    lapsed in an outage) holds no lease and no job yet, so waiting is safe,
-    and it spares the supervisor a restart loop.
-    """
-    away = False
-    while True:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-        except OperationalError as exc:
-            if not away:
-                logger.warning(
-                    "database unavailable (%r); waiting for it before starting",
-                    exc,
-                )
-                away = True
-            connections.close_all()
-            time.sleep(DATABASE_RETRY_INTERVAL)
-            continue
-        if away:
-            logger.warning("database available; starting")
-        return
 
 
 class Command(DBWorkerCommand):
