@@ -34,22 +34,32 @@ from realtime.routing import (  # noqa: E402
 )
 from realtime.security import ConnectionCap, SiteOriginValidator  # noqa: E402
 from realtime.socketio.polling import PollingConsumer  # noqa: E402
-from realtime.unavailable import RedisUnavailable  # noqa: E402
+from realtime.unavailable import (  # noqa: E402
+    DatabaseUnavailable,
+    RedisUnavailable,
+)
 
 application = ProtocolTypeRouter(
     {
         # Socket.IO's polling transport before Django; it checks origins
         # itself (realtime.socketio.polling.origin_allowed).
         "http": HttpRouter(
-            socketio=RedisUnavailable(
-                AuthMiddlewareStack(PollingConsumer.as_asgi()), name="socket.io polling"
+            socketio=DatabaseUnavailable(
+                RedisUnavailable(
+                    AuthMiddlewareStack(PollingConsumer.as_asgi()),
+                    name="socket.io polling",
+                ),
+                name="socket.io polling",
             ),
             django=django_asgi_app,
         ),
         # The cap first: it bounds what one client holds, refused or not.
         "websocket": ConnectionCap(
             SiteOriginValidator(
-                AuthMiddlewareStack(WebsocketRouter(websocket_urlpatterns))
+                DatabaseUnavailable(
+                    AuthMiddlewareStack(WebsocketRouter(websocket_urlpatterns)),
+                    name="websocket",
+                )
             )
         ),
     }

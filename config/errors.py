@@ -46,6 +46,18 @@ def error_response(
     )
 
 
+# The answer while the database is away (or its pool all lent): a retry may
+# succeed, unlike after a 500, and Retry-After says when to try.
+DATABASE_UNAVAILABLE = ("service_unavailable", "database: unavailable; retry shortly.")
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable_response() -> JsonResponse:
+    return error_response(
+        503, *DATABASE_UNAVAILABLE, headers={"Retry-After": str(DATABASE_RETRY_AFTER)}
+    )
+
+
 # The answer to each status when nothing more precise is known.
 _GENERIC_ERRORS = {
     400: ("bad_request", "request: malformed or not acceptable."),

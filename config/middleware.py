@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from corsheaders import middleware as corsheaders
 from django.core.exceptions import DisallowedHost
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from config.errors import http_error_response, log_suspicious
+from config.errors import (
+    database_unavailable_response,
+    http_error_response,
+    log_suspicious,
+)
 from config.views import is_api_path
+
+logger = logging.getLogger(__name__)
 
 
 class ApiErrorsMiddleware:
@@ -46,6 +54,29 @@ class ApiErrorsMiddleware:
                     replacement[header] = value  # CORS, Allow, Retry-After...
             return replacement
         return response
+
+
+class DatabaseUnavailableMiddleware:
+    """Answer a view the database failed (it is away) with the API's 503.
+
+    DRF's views have their exception handler; the rest (the admin, whose
+    user is read from the session table, the page) would end in Django's
+    500 and a traceback for what a retry in a moment may cure.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        return self.get_response(request)
+
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
+        if not isinstance(exception, OperationalError):
+            return None
+        logger.warning("database unavailable: %r", exception)
+        return database_unavailable_response()
 
 
 class CorsMiddleware(corsheaders.CorsMiddleware):

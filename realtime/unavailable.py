@@ -1,11 +1,13 @@
-"""A clean answer when Redis is away, in place of daphne's 500 and traceback.
+"""A clean answer when Redis or the database is away, not daphne's 500.
 
 Channels' consumers ask the channel layer for their channel name before any
-handler runs (``AsyncConsumer.__call__``), so with Redis unreachable a
-Socket.IO request fails outside the consumer's own error handling: daphne
-logs the traceback at ERROR and answers 500. Wrapped here, the same failure
-is one warning line and a ``503 service_unavailable`` (HTTP, with
-``Retry-After``) or a close (WebSocket: 403 at the handshake, 1011 after).
+handler runs (``AsyncConsumer.__call__``), and Channels' AuthMiddleware reads
+a session cookie's user from the database before the consumer exists, so
+with either unreachable a Socket.IO request or a WebSocket handshake fails
+outside the consumer's own error handling: daphne logs the traceback at
+ERROR and answers 500. Wrapped here, the same failure is one warning line
+and a ``503 service_unavailable`` (HTTP, with ``Retry-After``) or a close
+(WebSocket: 403 at the handshake, 1011 after).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 from typing import Any
 
+from django.db import OperationalError
 from redis.exceptions import RedisError
 
 from config import errors
@@ -21,11 +24,16 @@ from config import errors
 logger = logging.getLogger(__name__)
 
 INTERNAL_ERROR = 1011
-RETRY_AFTER = b"5"
+RETRY_AFTER = b"%d" % errors.DATABASE_RETRY_AFTER
 
 
-class RedisUnavailable:
-    """ASGI middleware: a Redis error out of ``inner`` becomes a clean refusal."""
+class Unavailable:
+    """ASGI middleware: one of ``caught`` out of ``inner`` becomes a clean refusal."""
+
+    caught: tuple[type[BaseException], ...] = ()
+    #: Said in the log line, then in the 503's body.
+    unreachable = ""
+    message = ""
 
     def __init__(self, inner: Any, *, name: str) -> None:
         self.inner = inner
@@ -42,8 +50,8 @@ class RedisUnavailable:
 
         try:
             await self.inner(scope, receive, tracked_send)
-        except (RedisError, OSError) as exc:
-            logger.warning("%s: Redis unreachable, refused: %r", self.name, exc)
+        except self.caught as exc:
+            logger.warning("%s: %s, refused: %r", self.name, self.unreachable, exc)
             with contextlib.suppress(Exception):
                 await self.refuse(scope["type"], started, send)
 
@@ -59,9 +67,7 @@ class RedisUnavailable:
             # The status is out: end the body, there is nothing else to say.
             await send({"type": "http.response.body", "body": b""})
             return
-        body = errors.error_json(
-            "service_unavailable", "server: Redis is unreachable; retry shortly."
-        )
+        body = errors.error_json("service_unavailable", self.message)
         await send(
             {
                 "type": "http.response.start",
@@ -75,3 +81,15 @@ class RedisUnavailable:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class RedisUnavailable(Unavailable):
+    caught = (RedisError, OSError)
+    unreachable = "Redis unreachable"
+    message = "server: Redis is unreachable; retry shortly."
+
+
+class DatabaseUnavailable(Unavailable):
+    caught = (OperationalError,)
+    unreachable = "database unavailable"
+    message = errors.DATABASE_UNAVAILABLE[1]

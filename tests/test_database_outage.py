@@ -24,12 +24,16 @@ import httpx
 import psycopg
 import pytest
 from django.conf import settings
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as sync_connect
 
 from payments.worker.heartbeat import LEASE_LOST_EXIT
 from scripts.processes import PY, ROOT, PostgresCluster, Process
 from tests.helpers import (
     CREATE,
+    ORIGIN,
+    WS_PATH,
     create_payment_sync,
     next_frame_sync,
     open_socket_sync,
@@ -220,17 +224,28 @@ def assert_charged_once_and_settled(cluster: PostgresCluster, ids: list[str]) ->
         ], (payment_id, events)
 
 
+# A session cookie makes every request read the session table: the admin's,
+# a Socket.IO session's and a WebSocket handshake's (Channels' AuthMiddleware).
+SESSION_COOKIE = {"Cookie": "sessionid=nosuchsession0123456789abcdefghij"}
+
+
 def assert_answers_while_away(stack: LiveStack, payment: dict[str, Any]) -> None:
-    """Every HTTP answer is JSON naming the database; liveness still answers."""
+    """Every answer is a JSON 503 naming the database; liveness still answers."""
     with httpx.Client(base_url=stack.http_url, trust_env=False, timeout=TIMEOUT) as c:
         created = c.post(CREATE, json={"amount": 1000})
         read = c.get(
             f"{CREATE}{payment['id']}/",
             params={"client_secret": payment["client_secret"]},
         )
+        admin = c.get("/admin/", headers=SESSION_COOKIE)
+        polling = c.get(
+            "/socket.io/",
+            params={"EIO": "4", "transport": "polling"},
+            headers={**SESSION_COOKIE, "Origin": ORIGIN},
+        )
         ready = c.get("/readyz")
         alive = c.get("/healthz")
-    for response in (created, read):
+    for response in (created, read, admin, polling):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/json"
         error = response.json()["error"]
@@ -240,6 +255,18 @@ def assert_answers_while_away(stack: LiveStack, payment: dict[str, Any]) -> None
     assert ready.status_code == 503, ready.text
     assert ready.json()["checks"]["database"]["status"] == "error", ready.text
     assert alive.status_code == 200, alive.text
+    # A handshake is refused as when Redis is away (realtime.unavailable),
+    # so the client tries again, rather than answered 500.
+    for path in (WS_PATH, "/socket.io/?EIO=4&transport=websocket"):
+        with pytest.raises(InvalidStatus) as refused:
+            sync_connect(
+                f"{stack.ws_url}{path}",
+                origin=ORIGIN,
+                proxy=None,
+                open_timeout=TIMEOUT,
+                additional_headers=SESSION_COOKIE,
+            ).close()
+        assert refused.value.response.status_code == 403, (path, refused.value)
 
 
 def assert_outage_said_plainly(processes: Iterable[Process]) -> None:

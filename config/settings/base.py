@@ -143,6 +143,7 @@ MIDDLEWARE = [
     "ops.request_id.RequestIdMiddleware",
     "ops.middleware.OperationsEndpointsMiddleware",
     "config.middleware.ApiErrorsMiddleware",
+    "config.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

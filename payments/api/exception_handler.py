@@ -22,13 +22,16 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from config.errors import error_body, http_error_response, log_suspicious
+from config.errors import (
+    DATABASE_RETRY_AFTER,
+    DATABASE_UNAVAILABLE,
+    error_body,
+    http_error_response,
+    log_suspicious,
+)
 from payments.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
-
-# Seconds a client is asked to wait when the database is unavailable.
-DATABASE_RETRY_AFTER = 5
 
 
 def _flatten(detail: Any) -> list[str]:
@@ -80,7 +83,7 @@ def api_exception_handler(
         # unlike after a 500.
         logger.warning("database unavailable: %r", exc)
         return Response(
-            error_body("service_unavailable", "database: unavailable; retry shortly."),
+            error_body(*DATABASE_UNAVAILABLE),
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(DATABASE_RETRY_AFTER)},
         )
